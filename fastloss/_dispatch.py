@@ -1,0 +1,134 @@
+"""Backend registry and per-call backend selection.
+
+A call's backend comes from, in order: the ``backend=`` argument, the
+innermost :func:`use_backend` context, the ``FASTLOSS_BACKEND`` environment
+variable (read on every call), and otherwise the inputs: a GPU array
+(``__cuda_array_interface__``) goes to ``"cuda"``, a host array to ``"c"``,
+or ``"numba"`` where the native module is missing.
+
+Backend modules are imported only when first used, so ``import fastloss``
+imports neither numba nor the compiled module's dependents.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import threading
+from typing import Iterator, NamedTuple
+
+__all__ = ["BackendInfo", "backends", "use_backend", "BACKEND_NAMES", "is_gpu_array"]
+
+BACKEND_NAMES = ("c", "numba", "cuda", "numpy")
+GPU_BACKENDS = frozenset({"cuda"})
+
+_MODULES = {
+    "c": "fastloss.kernels.native",
+    "numba": "fastloss.kernels.numba_cpu",
+    "cuda": "fastloss.kernels.numba_cuda",
+    "numpy": "fastloss.kernels.reference",
+}
+
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastloss_backend",
+                                                                      default=None)
+_lock = threading.Lock()
+_loaded: dict[str, object] = {}
+_why_not: dict[str, str] = {}
+
+
+class BackendInfo(NamedTuple):
+    name: str
+    available: bool
+    reason: str
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run here."""
+
+
+def is_gpu_array(obj) -> bool:
+    """True for arrays that live on a GPU: anything with ``__cuda_array_interface__``,
+    and Numba's simulated device arrays (``NUMBA_ENABLE_CUDASIM=1``), which lack it."""
+    return hasattr(obj, "__cuda_array_interface__") or type(obj).__module__.startswith(
+        "numba.cuda.simulator")
+
+
+def _load(name: str):
+    """The backend module, or None with the reason recorded.  Imported once."""
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        if name in _why_not:
+            return None
+        try:
+            module = importlib.import_module(_MODULES[name])
+            reason = module.unavailable_reason()
+        except ImportError as exc:
+            module, reason = None, f"import failed: {exc}"
+        if reason:
+            _why_not[name] = reason
+            return None
+        _loaded[name] = module
+        return module
+
+
+def backends() -> dict[str, BackendInfo]:
+    """Every backend with whether it can run here and, if not, why."""
+    out = {}
+    for name in BACKEND_NAMES:
+        module = _load(name)
+        out[name] = BackendInfo(name, module is not None,
+                                "available" if module is not None else _why_not[name])
+    return out
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Use ``name`` for calls in this block that don't pass ``backend=``
+    (``None`` restores automatic choice).  Context-local: threads and asyncio
+    tasks each see their own."""
+    if name is not None:
+        _check_name(name, "use_backend(name)")
+    token = _context.set(name)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def _check_name(name, what):
+    if not isinstance(name, str) or name not in BACKEND_NAMES:
+        raise ValueError(f"{what}: unknown backend {name!r}; expected one of "
+                         f"{', '.join(map(repr, BACKEND_NAMES))} or None")
+
+
+def select(backend: str | None, on_gpu: bool):
+    """(name, module) of the backend for one call whose arrays are on the GPU or not."""
+    source = "backend"
+    if backend is None:
+        backend, source = _context.get(), "use_backend()"
+    if backend is None:
+        env = os.environ.get("FASTLOSS_BACKEND") or None
+        backend, source = env, "FASTLOSS_BACKEND"
+    if backend is None:
+        candidates = ("cuda",) if on_gpu else ("c", "numba", "numpy")
+        for name in candidates:
+            module = _load(name)
+            if module is not None:
+                return name, module
+        raise BackendUnavailable(
+            f"no backend can run these {'GPU' if on_gpu else 'host'} arrays: "
+            + "; ".join(f"{n}: {_why_not.get(n, '?')}" for n in candidates))
+    _check_name(backend, source)
+    if on_gpu and backend not in GPU_BACKENDS:
+        raise TypeError(f"the inputs are GPU arrays but {source}={backend!r} runs on the CPU "
+                        f"only; use backend='cuda' (or copy the arrays to the host yourself)")
+    if not on_gpu and backend in GPU_BACKENDS:
+        raise TypeError(f"{source}={backend!r} needs GPU arrays (objects with "
+                        f"__cuda_array_interface__) and got host arrays; fastloss never "
+                        f"copies between devices silently")
+    module = _load(backend)
+    if module is None:
+        raise BackendUnavailable(f"backend {backend!r} is not available: {_why_not[backend]}")
+    return backend, module

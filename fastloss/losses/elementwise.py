@@ -1,0 +1,375 @@
+"""Elementwise losses: a value and a derivative per element, then a reduction.
+
+Each public function validates its own hyper-parameters and hands the arrays
+to :func:`_run`, the one place that checks shapes, dtypes and devices, picks
+the backend, lays the arrays out for the kernel and applies the reduction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _dispatch, reference
+from .._validate import (ArrayMeta, check_bool, check_broadcastable, check_input,
+                         check_open_unit, check_positive, check_real, check_reduction,
+                         check_same_place, check_shape)
+from ..kernels import ElementwiseCall
+
+__all__ = [
+    "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "log_cosh_loss", "quantile_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
+    "hinge_loss", "ELEMENTWISE_LOSSES",
+]
+
+
+@dataclass(frozen=True)
+class _Loss:
+    public: str                 # the public function's name
+    kernel: str                 # the kernel's name in every backend
+    mean_by_weight_sum: bool = False   # "mean" with a weight divides by sum(weight), else by N
+    input_range: tuple[float, float] | None = None   # values checked before the kernel
+    target_range: tuple[float, float] | None = None
+    target_pm1: bool = False
+
+
+_MSE = _Loss("mse_loss", "mse", mean_by_weight_sum=True)
+_L1 = _Loss("l1_loss", "l1", mean_by_weight_sum=True)
+_HUBER = _Loss("huber_loss", "huber")
+_SMOOTH_L1 = _Loss("smooth_l1_loss", "smooth_l1")
+_LOG_COSH = _Loss("log_cosh_loss", "log_cosh")
+_QUANTILE = _Loss("quantile_loss", "quantile")
+_BCE = _Loss("binary_cross_entropy", "bce", input_range=(0.0, 1.0), target_range=(0.0, 1.0))
+_BCE_LOGITS = _Loss("binary_cross_entropy_with_logits", "bce_logits")
+_FOCAL = _Loss("sigmoid_focal_loss", "sigmoid_focal")
+_HINGE = _Loss("hinge_loss", "hinge", target_pm1=True)
+
+#: public name -> kernel name, for every elementwise loss
+ELEMENTWISE_LOSSES = {loss.public: loss.kernel for loss in (
+    _MSE, _L1, _HUBER, _SMOOTH_L1, _LOG_COSH, _QUANTILE, _BCE, _BCE_LOGITS, _FOCAL, _HINGE)}
+
+
+def _host_layout(meta: ArrayMeta, shape, dtype):
+    """A flat, contiguous host array of ``dtype`` holding ``meta`` broadcast to ``shape``.
+    No copy when it already is one; never a view the kernel could write through."""
+    array = meta.array
+    if array.shape != tuple(shape):
+        array = np.broadcast_to(array, shape)
+    return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+
+
+def _gpu_layout(meta: ArrayMeta, shape, name, *, periodic: bool):
+    """A flat device view of ``meta``.  ``periodic`` operands (weight, param) may
+    cover only trailing axes of ``shape``; the kernel reads them modulo their length."""
+    if not meta.contiguous:
+        raise ValueError(f"{name}: non-contiguous GPU arrays are not supported yet "
+                         f"(shape {meta.shape}); make a contiguous copy on the device first")
+    shape = tuple(shape)
+    if meta.shape != shape:
+        trailing = tuple(meta.shape)
+        while trailing and trailing[0] == 1:
+            trailing = trailing[1:]
+        if not periodic or shape[len(shape) - len(trailing):] != trailing:
+            raise ValueError(f"{name}: on the GPU, shape {meta.shape} must equal the input "
+                             f"shape {shape} or cover its trailing axes")
+    return meta.array
+
+
+def _check_values(loss: _Loss, metas: dict[str, ArrayMeta], module):
+    """Value checks some losses need (probabilities in [0, 1], labels ±1)."""
+    from ..kernels import checks
+
+    for name, bounds in (("input", loss.input_range), ("target", loss.target_range)):
+        if bounds is not None:
+            checks.require_within(metas[name], name, *bounds, gpu_module=module)
+    if loss.target_pm1:
+        checks.require_pm1(metas["target"], "target", gpu_module=module)
+
+
+def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
+         p0=0.0, p1=0.0, param=None, param_name=None, reference_kwargs=None,
+         target_may_broadcast=False):
+    check_reduction(reduction)
+    return_grad = check_bool(return_grad, "return_grad")
+    x = check_input(input)
+    metas = {"input": x, "target": ArrayMeta(target, "target")}
+    if weight is not None:
+        metas["weight"] = ArrayMeta(weight, "weight")
+    if param is not None:
+        metas[param_name] = ArrayMeta(param, param_name)
+    check_same_place(metas)
+    shape, dtype = x.shape, x.dtype
+    if target_may_broadcast:
+        check_broadcastable(metas["target"], shape, "target")
+    else:
+        check_shape(metas["target"], shape, "target")
+    for name in ("weight", param_name):
+        if name in metas:
+            check_broadcastable(metas[name], shape, name)
+    for name, meta in metas.items():
+        if name != "input" and meta.on_gpu and meta.dtype != dtype:
+            raise TypeError(f"{name}: dtype {meta.dtype} differs from the input's {dtype}; "
+                            f"on the GPU fastloss does not convert (no hidden copies)")
+
+    name, module = _dispatch.select(backend, x.on_gpu)
+    _check_values(loss, metas, module)
+
+    if name == "numpy":
+        return _run_reference(loss, metas, param_name, reference_kwargs or {}, reduction,
+                              return_grad, dtype)
+
+    n = x.size
+    if x.on_gpu:
+        arrays = {k: _gpu_layout(m, shape, k, periodic=k not in ("input", "target"))
+                  for k, m in metas.items()}
+        weight_sum = module.sum_float64
+    else:
+        arrays = {k: _host_layout(m, shape, dtype) for k, m in metas.items()}
+        weight_sum = _host_sum
+
+    scale = 1.0
+    if reduction == "mean":
+        if loss.mean_by_weight_sum and "weight" in arrays:
+            w = arrays["weight"]
+            denom = weight_sum(w) * (n / w.size)   # a periodic GPU weight repeats
+        else:
+            denom = float(n)
+        scale = 1.0 / denom if denom != 0 else float("inf")
+    call = ElementwiseCall(
+        loss=loss.kernel, input=arrays["input"], target=arrays["target"],
+        weight=arrays.get("weight"), param=arrays.get(param_name), p0=float(p0), p1=float(p1),
+        want_out=reduction == "none", want_grad=return_grad, grad_scale=scale,
+        total_scale=scale)
+    value, out, grad = module.elementwise(call)
+    if reduction == "none":
+        value = out.reshape(shape)
+    elif not x.on_gpu:
+        value = dtype.type(value)
+    if not return_grad:
+        return value
+    return value, grad.reshape(shape)
+
+
+def _host_sum(array) -> float:
+    return float(np.sum(array, dtype=np.float64))
+
+
+def _run_reference(loss, metas, param_name, kwargs, reduction, return_grad, dtype):
+    """backend="numpy": the float64 reference, cast back to the input's dtype."""
+    args = {k: m.array for k, m in metas.items()}
+    if param_name in args:
+        kwargs = {**kwargs, param_name: args.pop(param_name)}
+    fn = getattr(reference, loss.public)
+    result = fn(args["input"], args["target"], weight=args.get("weight"), reduction=reduction,
+                return_grad=return_grad, **kwargs)
+    value, grad = result if return_grad else (result, None)
+    value = np.asarray(value).astype(dtype) if reduction == "none" else dtype.type(value)
+    if not return_grad:
+        return value
+    return value, np.asarray(grad).astype(dtype)
+
+
+_COMMON_DOC = """
+    Parameters
+    ----------
+    input : array (float32 or float64), any shape
+        {input}
+    target : array of the input's shape (any real dtype; cast to the input's)
+        {target}
+    weight : array broadcastable to the input's shape, optional
+        Per-element weight, multiplies each element's loss.
+    reduction : "mean" | "sum" | "none"
+        ``"none"`` returns ``weight * loss`` per element (input's shape and
+        dtype); ``"sum"`` their float64-accumulated sum; ``"mean"`` divides
+        the sum by {mean}.  Empty input: ``mean`` is nan, ``sum`` is 0.
+    return_grad : bool
+        Also return d(result)/d(input) (for ``"none"``: of the sum), same
+        shape and dtype as ``input``, computed in the same pass.
+    backend : "c" | "numba" | "cuda" | "numpy" | None
+        See :func:`fastloss.backends`; None picks one from the inputs.
+"""
+
+_BY_N = "the number of elements N"
+_BY_W = "sum(weight) when a weight is given (PyTorch's convention for this loss), else by N"
+
+
+def _doc(summary, *, input="Predictions.", target="Targets.", mean=_BY_N):
+    def decorate(fn):
+        fn.__doc__ = summary.rstrip() + "\n" + _COMMON_DOC.format(input=input, target=target,
+                                                                   mean=mean)
+        return fn
+    return decorate
+
+
+@_doc("""Mean squared error, as ``torch.nn.functional.mse_loss``.
+
+    l = (x - y)^2,  dl/dx = 2 (x - y).
+
+    Departure: ``weight`` may broadcast (PyTorch requires the input's shape);
+    ``target`` must have the input's shape (PyTorch broadcasts with a warning).
+""", mean=_BY_W)
+def mse_loss(input, target, *, weight=None, reduction="mean", return_grad=False, backend=None):
+    return _run(_MSE, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend)
+
+
+@_doc("""Mean absolute error, as ``torch.nn.functional.l1_loss``.
+
+    l = |x - y|,  dl/dx = sign(x - y) (0 at a tie; nan for nan input, where
+    PyTorch's gradient gives 0).
+""", mean=_BY_W)
+def l1_loss(input, target, *, weight=None, reduction="mean", return_grad=False, backend=None):
+    return _run(_L1, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend)
+
+
+@_doc("""Huber loss, as ``torch.nn.functional.huber_loss``.
+
+    With d = x - y:  l = d^2 / 2 if |d| < delta, else delta (|d| - delta / 2);
+    dl/dx = d, or delta sign(d).  ``delta`` > 0.  With a weight, ``mean``
+    divides by N, as PyTorch 2.13 does for this loss (unlike mse/l1).
+""")
+def huber_loss(input, target, *, weight=None, delta=1.0, reduction="mean", return_grad=False,
+               backend=None):
+    delta = check_positive(delta, "delta")
+    return _run(_HUBER, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend, p0=delta,
+                reference_kwargs={"delta": delta})
+
+
+@_doc("""Smooth L1 loss, as ``torch.nn.functional.smooth_l1_loss``.
+
+    With d = x - y:  l = d^2 / (2 beta) if |d| < beta, else |d| - beta / 2;
+    dl/dx = d / beta, or sign(d).  ``beta`` ≥ 0; ``beta = 0`` is the L1 loss.
+    PyTorch has no ``weight`` here; ours divides ``mean`` by N, like huber_loss
+    (huber_loss(delta) = delta * smooth_l1_loss(beta=delta)).
+""")
+def smooth_l1_loss(input, target, *, weight=None, beta=1.0, reduction="mean", return_grad=False,
+                   backend=None):
+    beta = check_positive(beta, "beta", allow_zero=True)
+    return _run(_SMOOTH_L1, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend, p0=beta,
+                reference_kwargs={"beta": beta})
+
+
+@_doc("""Log-cosh loss (Keras ``LogCosh``, optax ``log_cosh``).
+
+    l = log(cosh(x - y)),  dl/dx = tanh(x - y).  Computed without overflow or
+    cancellation: |d| - log 2 + log1p(exp(-2|d|)) for large |d| (finite at
+    1e30), log1p(e^2 / (2 (1 + e))) with e = expm1(|d|) for small |d| (d^2/2
+    at 1e-20).  PyTorch has no such loss.
+""")
+def log_cosh_loss(input, target, *, weight=None, reduction="mean", return_grad=False,
+                  backend=None):
+    return _run(_LOG_COSH, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend)
+
+
+@_doc("""Quantile (pinball) loss, as Keras/TF-Addons ``pinball_loss`` and scikit-learn's
+    ``mean_pinball_loss``.
+
+    With r = y - x:  l = max(q r, (q - 1) r);  dl/dx = 1 - q if x > y, else -q.
+    ``q`` is a float in (0, 1), or a 1-D array of quantiles, each in (0, 1),
+    against the last axis of ``input``; the target may then have the input's
+    shape without that axis (one target per row, broadcast over the quantiles).
+""", target="Targets; with an array ``q``, of shape ``input.shape[:-1]`` or the input's.")
+def quantile_loss(input, target, *, weight=None, q=0.5, reduction="mean", return_grad=False,
+                  backend=None):
+    if isinstance(q, (int, float, np.floating, np.integer)) and not isinstance(q, bool):
+        q = check_open_unit(q, "q")
+        return _run(_QUANTILE, input, target, weight=weight, reduction=reduction,
+                    return_grad=return_grad, backend=backend, p0=q,
+                    reference_kwargs={"q": q})
+    q_meta = ArrayMeta(q, "q")
+    x_meta = check_input(input)
+    if len(q_meta.shape) != 1 or not x_meta.shape or q_meta.shape[0] != x_meta.shape[-1]:
+        raise ValueError(f"q: expected a float in (0, 1) or a 1-D array of length "
+                         f"input.shape[-1] = {x_meta.shape[-1] if x_meta.shape else None}, "
+                         f"got shape {q_meta.shape}")
+    if not q_meta.on_gpu:
+        q_host = np.asarray(q_meta.array, dtype=np.float64)
+        if not np.all((q_host > 0) & (q_host < 1)):
+            bad = q_host[~((q_host > 0) & (q_host < 1))][0]
+            raise ValueError(f"q: every quantile must lie in the open interval (0, 1), "
+                             f"got {bad!r}")
+    t_meta = ArrayMeta(target, "target")
+    if t_meta.shape == x_meta.shape[:-1]:
+        if t_meta.on_gpu:
+            raise ValueError("target: on the GPU, give the target the input's shape "
+                             f"{x_meta.shape} (got {t_meta.shape})")
+        target = np.asarray(t_meta.array)[..., None]
+    return _run(_QUANTILE, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend, param=q, param_name="q",
+                target_may_broadcast=True)
+
+
+@_doc("""Binary cross-entropy on probabilities, as ``torch.nn.functional.binary_cross_entropy``.
+
+    l = -(y max(log x, -100) + (1 - y) max(log(1 - x), -100));
+    dl/dx = (x - y) / max(x (1 - x), 1e-12)  (PyTorch's backward, clamp included).
+    ``input`` and ``target`` must lie in [0, 1] (checked first, as PyTorch does;
+    nan is rejected too).  ``weight`` broadcasts; ``mean`` divides by N.
+""", input="Probabilities in [0, 1].", target="Targets in [0, 1] (soft labels allowed).")
+def binary_cross_entropy(input, target, *, weight=None, reduction="mean", return_grad=False,
+                         backend=None):
+    return _run(_BCE, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend)
+
+
+@_doc("""Binary cross-entropy on logits, as ``torch.nn.functional.binary_cross_entropy_with_logits``.
+
+    With lw = 1 + (pos_weight - 1) y:
+    l = (1 - y) x + lw softplus(-x),  dl/dx = (1 - y) - lw sigmoid(-x),
+    with softplus(z) = max(z, 0) + log1p(exp(-|z|)): finite for any finite x.
+    ``pos_weight`` (a float or an array broadcasting against the trailing axes,
+    e.g. one per class) weights the positive term; ``mean`` divides by N.
+""", input="Logits.", target="Targets in [0, 1].")
+def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=None,
+                                     reduction="mean", return_grad=False, backend=None):
+    if pos_weight is None or isinstance(pos_weight, (int, float, np.floating, np.integer)):
+        p0 = 1.0 if pos_weight is None else check_real(pos_weight, "pos_weight")
+        return _run(_BCE_LOGITS, input, target, weight=weight, reduction=reduction,
+                    return_grad=return_grad, backend=backend, p0=p0,
+                    reference_kwargs={"pos_weight": None if pos_weight is None else p0})
+    return _run(_BCE_LOGITS, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend, p0=1.0, param=pos_weight,
+                param_name="pos_weight")
+
+
+@_doc("""Sigmoid focal loss on logits, as ``torchvision.ops.sigmoid_focal_loss``.
+
+    p = sigmoid(x), ce = BCE-with-logits(x, y), p_t = p y + (1 - p)(1 - y),
+    alpha_t = alpha y + (1 - alpha)(1 - y) (1 if alpha < 0),
+    l = alpha_t ce (1 - p_t)^gamma.
+    Computed in log space (log(1 - p_t) as a log-sum-exp of log-sigmoids), so
+    values and gradients are finite at saturated logits (±1e4) and for
+    0 ≤ gamma < 1, where torchvision's gradient is nan.  Departure: the
+    default ``reduction`` is "mean" like every fastloss loss (torchvision's is
+    "none"; the PyTorch adapter keeps torchvision's); ``mean`` divides by N.
+""", input="Logits.", target="Labels in [0, 1] (0/1, or soft).")
+def sigmoid_focal_loss(input, target, *, weight=None, alpha=0.25, gamma=2.0, reduction="mean",
+                       return_grad=False, backend=None):
+    alpha = check_real(alpha, "alpha")
+    if alpha > 1:
+        raise ValueError(f"alpha: expected a value in [0, 1] (or < 0 to disable it), got {alpha!r}")
+    gamma = check_positive(gamma, "gamma", allow_zero=True)
+    return _run(_FOCAL, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend, p0=alpha, p1=gamma,
+                reference_kwargs={"alpha": alpha, "gamma": gamma})
+
+
+@_doc("""Binary hinge loss with targets ±1, as Keras ``Hinge`` / ``SquaredHinge`` and
+    scikit-learn's ``hinge_loss``.
+
+    z = margin - y x;  l = max(0, z) (squared: max(0, z)^2);
+    dl/dx = -y where z > 0, else 0 (squared: -2 y z).  ``target`` must hold
+    only -1 and +1 (checked first; Keras would silently map 0/1 labels);
+    ``margin`` > 0; ``mean`` divides by N.
+""", input="Scores (decision values).", target="Labels, each -1 or +1.")
+def hinge_loss(input, target, *, weight=None, margin=1.0, squared=False, reduction="mean",
+               return_grad=False, backend=None):
+    margin = check_positive(margin, "margin")
+    squared = check_bool(squared, "squared")
+    return _run(_HINGE, input, target, weight=weight, reduction=reduction,
+                return_grad=return_grad, backend=backend, p0=margin, p1=float(squared),
+                reference_kwargs={"margin": margin, "squared": squared})

@@ -1,0 +1,160 @@
+"""The comparison table: one entry per loss, shared by the tests, the benchmarks
+and ``python -m fastloss bench``.
+
+Each :class:`Case` says how to make realistic inputs for a loss and how
+PyTorch computes the same loss (``torch_fn``), so the parity tests, the
+PyTorch cross-checks and the speed comparisons all read the same table.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Case", "CASES", "make_inputs"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str                     # public function name in fastloss
+    kind: str                     # how to draw (input, target): see make_inputs
+    params: dict[str, Any] = field(default_factory=dict)   # non-default hyper-parameters
+    torch_fn: Callable[..., Any] | None = None             # (input, target, weight, reduction, **params) -> tensor
+    transcendental: bool = False  # compute-bound (exp/log per element) rather than memory-bound
+
+
+def _torch_reduce(values, weight, reduction, divide_by_weight_sum=False):
+    import torch
+
+    if weight is not None:
+        values = values * weight
+    if reduction == "none":
+        return values
+    if reduction == "sum":
+        return values.sum()
+    if weight is not None and divide_by_weight_sum:
+        return values.sum() / torch.broadcast_to(weight, values.shape).sum()
+    return values.mean()
+
+
+def _t_mse(x, y, weight, reduction):
+    import torch.nn.functional as F
+    if weight is not None:
+        import torch
+        weight = torch.broadcast_to(weight, x.shape)
+    return F.mse_loss(x, y, reduction=reduction, weight=weight)
+
+
+def _t_l1(x, y, weight, reduction):
+    import torch.nn.functional as F
+    if weight is not None:
+        import torch
+        weight = torch.broadcast_to(weight, x.shape)
+    return F.l1_loss(x, y, reduction=reduction, weight=weight)
+
+
+def _t_huber(x, y, weight, reduction, delta=1.0):
+    import torch.nn.functional as F
+    if weight is not None:
+        import torch
+        weight = torch.broadcast_to(weight, x.shape)
+    return F.huber_loss(x, y, reduction=reduction, delta=delta, weight=weight)
+
+
+def _t_smooth_l1(x, y, weight, reduction, beta=1.0):
+    import torch.nn.functional as F
+    return _torch_reduce(F.smooth_l1_loss(x, y, reduction="none", beta=beta), weight, reduction)
+
+
+def _t_log_cosh(x, y, weight, reduction):
+    import torch.nn.functional as F
+    d = x - y
+    # the stable form: |d| + softplus(-2|d|) - log 2
+    a = d.abs()
+    return _torch_reduce(a + F.softplus(-2.0 * a) - math.log(2.0), weight, reduction)
+
+
+def _t_quantile(x, y, weight, reduction, q=0.5):
+    import torch
+    r = y - x
+    return _torch_reduce(torch.maximum(q * r, (q - 1.0) * r), weight, reduction)
+
+
+def _t_bce(x, y, weight, reduction):
+    import torch.nn.functional as F
+    return F.binary_cross_entropy(x, y, weight=weight, reduction=reduction)
+
+
+def _t_bce_logits(x, y, weight, reduction, pos_weight=None):
+    import torch
+    import torch.nn.functional as F
+    if pos_weight is not None and not isinstance(pos_weight, torch.Tensor):
+        pos_weight = torch.as_tensor(pos_weight, dtype=x.dtype)
+    return F.binary_cross_entropy_with_logits(x, y, weight=weight, reduction=reduction,
+                                              pos_weight=pos_weight)
+
+
+def _t_sigmoid_focal(x, y, weight, reduction, alpha=0.25, gamma=2.0):
+    # torchvision.ops.sigmoid_focal_loss, written out (torchvision does not import
+    # beside the CPU torch build on our machines).
+    import torch
+    import torch.nn.functional as F
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
+    return _torch_reduce(loss, weight, reduction)
+
+
+def _t_hinge(x, y, weight, reduction, margin=1.0, squared=False):
+    import torch
+    z = torch.clamp(margin - y * x, min=0.0)
+    return _torch_reduce(z * z if squared else z, weight, reduction)
+
+
+CASES: dict[str, Case] = {c.name: c for c in [
+    Case("mse_loss", "regression", torch_fn=_t_mse),
+    Case("l1_loss", "regression", torch_fn=_t_l1),
+    Case("huber_loss", "regression", {"delta": 0.5}, torch_fn=_t_huber),
+    Case("smooth_l1_loss", "regression", {"beta": 0.5}, torch_fn=_t_smooth_l1),
+    Case("log_cosh_loss", "regression", torch_fn=_t_log_cosh, transcendental=True),
+    Case("quantile_loss", "regression", {"q": 0.9}, torch_fn=_t_quantile),
+    Case("binary_cross_entropy", "probability", torch_fn=_t_bce, transcendental=True),
+    Case("binary_cross_entropy_with_logits", "logits", torch_fn=_t_bce_logits,
+         transcendental=True),
+    Case("sigmoid_focal_loss", "logits", {"alpha": 0.25, "gamma": 2.0},
+         torch_fn=_t_sigmoid_focal, transcendental=True),
+    Case("hinge_loss", "signed", {"margin": 1.0}, torch_fn=_t_hinge),
+]}
+
+
+def make_inputs(case: Case | str, shape, dtype=np.float32, seed: int = 0):
+    """(input, target) for a case: realistic values of the given shape and dtype.
+
+    regression: normal predictions and targets; probability: predictions in
+    (0, 1), soft targets in [0, 1]; logits: normal logits (scale 3), 0/1
+    labels; signed: normal scores, targets -1/+1.
+    """
+    if isinstance(case, str):
+        case = CASES[case]
+    rng = np.random.default_rng(seed)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if case.kind == "regression":
+        x = rng.standard_normal(shape)
+        y = rng.standard_normal(shape)
+    elif case.kind == "probability":
+        x = rng.uniform(0.001, 0.999, shape)
+        y = rng.uniform(0.0, 1.0, shape)
+    elif case.kind == "logits":
+        x = 3.0 * rng.standard_normal(shape)
+        y = (rng.uniform(0.0, 1.0, shape) < 0.3).astype(np.float64)
+    elif case.kind == "signed":
+        x = rng.standard_normal(shape)
+        y = np.where(rng.uniform(0.0, 1.0, shape) < 0.5, -1.0, 1.0)
+    else:  # pragma: no cover - a typo in the table
+        raise ValueError(f"unknown case kind {case.kind!r}")
+    return np.asarray(x, dtype=dtype), np.asarray(y, dtype=dtype)
