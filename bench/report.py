@@ -1,0 +1,276 @@
+"""Turn a pytest-benchmark JSON of bench/test_bench_elementwise.py into a report.
+
+    pytest bench --benchmark-json=bench/results/raw.json
+    python bench/report.py bench/results/raw.json [--name NAME] [--primary c]
+
+Writes ``<out-dir>/<name>.md`` (default: ``bench/results/<json stem>.md``): the
+targets with PASS/MISS, then one table per mode (loss, backend, n, median time,
+GB/s of input read, % of the read bandwidth measured in the same run, speed-up
+vs PyTorch and vs NumPy of the same run), and ``<name>.png``: GB/s per loss and
+backend at the largest n, with the bandwidth as a horizontal line.  The
+targets are also printed.  Every comparison is within the one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+MODES = ("forward", "value+grad")
+BACKEND_ORDER = ("c", "numba", "numpy", "torch")
+
+# The targets (see bench/README.md); evaluated on --primary (c) unless stated.
+FAST_TRANSCENDENTAL = ("log_cosh_loss", "binary_cross_entropy_with_logits", "sigmoid_focal_loss")
+BANDWIDTH_BOUND = ("mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "quantile_loss")
+FORWARD_VS_TORCH = 5.0        # x PyTorch forward, transcendental losses
+GRAD_VS_TORCH = 10.0          # x PyTorch forward + backward, every loss
+BANDWIDTH_SHARE = 0.75        # of the measured read bandwidth, cheap losses forward
+NUMBA_VS_C = 3.0              # numba no slower than this many times c
+SMALL_N, SMALL_CALL_S = 1_000, 5e-6   # a complete call at n = 1e3
+
+
+@dataclass
+class Run:
+    times: dict            # (loss, backend, n, mode) -> median seconds per call
+    nbytes: dict           # (loss, n) -> bytes read (input + target)
+    bandwidth: float       # GB/s
+    bandwidth_how: str
+    meta: dict
+
+    def gbps(self, loss, backend, n, mode):
+        t = self.times.get((loss, backend, n, mode))
+        return self.nbytes[loss, n] / t / 1e9 if t else None
+
+    def ratio(self, loss, backend, n, mode, base):
+        t, tb = self.times.get((loss, backend, n, mode)), self.times.get((loss, base, n, mode))
+        return tb / t if t and tb else None
+
+
+def load(path: Path) -> Run:
+    data = json.loads(path.read_text())
+    times, nbytes, bw, how, meta = {}, {}, 0.0, "not measured in this run", {}
+    for b in data["benchmarks"]:
+        info, stats = b.get("extra_info", {}), b["stats"]
+        if info.get("mode") == "bandwidth":
+            # the fastest pass is the machine's ceiling: take the best of the
+            # benchmark's rounds and of read_bandwidth()'s own best-of-5
+            bw = max(bw, info["bytes_read"] / stats["min"] / 1e9, info.get("best_of_5_GBps", 0))
+            how = info.get("method", "")
+            meta.update({k: info[k] for k in ("fastloss_version", "isa", "threads",
+                                              "torch_threads") if k in info})
+        elif info.get("mode") in MODES:
+            key = (info["loss"], info["backend"], int(info["n"]), info["mode"])
+            times[key] = stats["median"]
+            nbytes[info["loss"], int(info["n"])] = info["bytes_read"]
+    meta["datetime"] = data.get("datetime", "")
+    commit = data.get("commit_info") or {}
+    meta["commit"] = (commit.get("id") or "")[:10] + (" (dirty)" if commit.get("dirty") else "")
+    mi = data.get("machine_info") or {}
+    meta["cpu"] = (mi.get("cpu") or {}).get("brand_raw", mi.get("processor", ""))
+    meta["python"] = mi.get("python_version", "")
+    return Run(times, nbytes, bw, how, meta)
+
+
+# --------------------------------------------------------------------------- formatting
+
+def fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.2f} µs"
+    if s < 1:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s:.3f} s"
+
+
+def fmt_x(r) -> str:
+    if r is None:
+        return "–"
+    return f"{r:.0f}×" if r >= 100 else f"{r:.1f}×" if r >= 1 else f"{r:.2f}×"
+
+
+def fmt_n(n: int) -> str:
+    e = len(str(n)) - 1
+    return f"1e{e}" if n == 10 ** e else f"{n:,}"
+
+
+def ordered(names, order=BACKEND_ORDER):
+    return sorted(names, key=lambda b: (order.index(b) if b in order else len(order), b))
+
+
+# --------------------------------------------------------------------------- targets
+
+TARGET_COLUMNS = (
+    f"fwd vs torch ≥{FORWARD_VS_TORCH:g}×",
+    f"grad vs torch ≥{GRAD_VS_TORCH:g}×",
+    f"fwd ≥{BANDWIDTH_SHARE:.0%} of BW",
+    f"numba/c fwd ≤{NUMBA_VS_C:g}",
+    f"numba/c grad ≤{NUMBA_VS_C:g}",
+    f"fwd at 1e3 ≤{SMALL_CALL_S * 1e6:g} µs",
+    f"grad at 1e3 ≤{SMALL_CALL_S * 1e6:g} µs",
+)
+
+
+def targets(run: Run, primary: str) -> tuple[int, list[tuple[str, list[str]]]]:
+    """The largest n, and per loss one cell per TARGET_COLUMNS: "<value> PASS|MISS",
+    "n/a" where a figure is missing, "" where the target doesn't apply.
+    Ratios vs torch and bandwidth shares are judged at the run's largest n."""
+    big = max(n for (_, _, n, _) in run.times)
+
+    def cell(text, value, ok):
+        return "n/a" if value is None else f"{text} {'PASS' if ok else 'MISS'}"
+
+    table = []
+    for loss in sorted({k[0] for k in run.times}, key=list_order(run)):
+        cells = []
+        r = run.ratio(loss, primary, big, "forward", "torch")
+        cells.append(cell(fmt_x(r), r, r is not None and r >= FORWARD_VS_TORCH)
+                     if loss in FAST_TRANSCENDENTAL else "")
+        r = run.ratio(loss, primary, big, "value+grad", "torch")
+        cells.append(cell(fmt_x(r), r, r is not None and r >= GRAD_VS_TORCH))
+        g = run.gbps(loss, primary, big, "forward")
+        share = g / run.bandwidth if g and run.bandwidth else None
+        cells.append(cell(f"{share:.0%}" if share else "", share,
+                          share is not None and share >= BANDWIDTH_SHARE)
+                     if loss in BANDWIDTH_BOUND else "")
+        for mode in MODES:
+            r = run.ratio(loss, primary, big, mode, "numba")      # t_numba / t_primary
+            cells.append(cell(f"{r:.2f}" if r else "", r, r is not None and r <= NUMBA_VS_C))
+        for mode in MODES:
+            s = run.times.get((loss, primary, SMALL_N, mode))
+            cells.append(cell(fmt_time(s) if s else "", s, s is not None and s <= SMALL_CALL_S))
+        table.append((loss, cells))
+    return big, table
+
+
+def tally(table) -> tuple[int, int]:
+    cells = [c for _, row in table for c in row]
+    return sum(c.endswith("PASS") for c in cells), sum(c.endswith(("PASS", "MISS"))
+                                                       for c in cells)
+
+
+def list_order(run: Run):
+    """Losses in the order the suite ran them (the CASES table's order)."""
+    seen = list(dict.fromkeys(loss for (loss, _, _, _) in run.times))
+    return seen.index
+
+
+def target_lines(table) -> list[str]:
+    """The targets table as aligned plain text."""
+    head = ["loss", *TARGET_COLUMNS]
+    rows = [[loss, *cells] for loss, cells in table]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+
+
+# --------------------------------------------------------------------------- outputs
+
+def markdown(run: Run, name: str, primary: str, judged, chart: str | None) -> str:
+    m = run.meta
+    lines = [f"# fastloss benchmarks: {name}", "",
+             f"- run {m.get('datetime', '')}, commit {m.get('commit') or '?'}; "
+             f"fastloss {m.get('fastloss_version', '?')}, C SIMD path {m.get('isa', '?')}, "
+             f"{m.get('threads', '?')} threads (torch {m.get('torch_threads', '?')}); "
+             f"{m.get('cpu', '')}, Python {m.get('python', '')}",
+             f"- read bandwidth measured in this run: **{run.bandwidth:.1f} GB/s** "
+             f"({run.bandwidth_how}; fastest pass)",
+             "- float32, mean reduction; time = median per complete call; GB/s = "
+             "(input + target bytes) / time; ratios = other's time / this time, same run; "
+             "torch value+grad = forward + `torch.autograd.grad`.", ""]
+    big, table = judged
+    passed, judged = tally(table)
+    lines += [f"## Targets: {passed}/{judged} pass", "",
+              f"Judged on backend `{primary}`; vs torch and % of the read bandwidth at n = "
+              f"{fmt_n(big)}; numba/c = numba's time / {primary}'s at n = {fmt_n(big)}.", "",
+              "| " + " | ".join(["loss", *TARGET_COLUMNS]) + " |",
+              "|" + "---|" * (len(TARGET_COLUMNS) + 1)]
+    lines += ["| " + " | ".join([loss, *cells]) + " |" for loss, cells in table]
+    order = list_order(run)
+    for mode in MODES:
+        keys = [k for k in run.times if k[3] == mode]
+        if not keys:
+            continue
+        lines += ["", f"## {mode}", "",
+                  "| loss | backend | n | median | GB/s | % of read BW | vs torch | vs numpy |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for loss in sorted({k[0] for k in keys}, key=order):
+            for n in sorted({k[2] for k in keys if k[0] == loss}):
+                for b in ordered({k[1] for k in keys if k[0] == loss and k[2] == n}):
+                    t, g = run.times[loss, b, n, mode], run.gbps(loss, b, n, mode)
+                    pct = f"{g / run.bandwidth:.0%}" if run.bandwidth else "–"
+                    lines.append(f"| {loss} | {b} | {fmt_n(n)} | {fmt_time(t)} | {g:.2f} | {pct} "
+                                 f"| {fmt_x(run.ratio(loss, b, n, mode, 'torch'))} "
+                                 f"| {fmt_x(run.ratio(loss, b, n, mode, 'numpy'))} |")
+    if chart:
+        lines += ["", f"![GB/s per loss and backend]({chart})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(run: Run, path: Path) -> bool:
+    """Bars of GB/s per loss and backend at the largest n, one panel per mode."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart", file=sys.stderr)
+        return False
+    big = max(n for (_, _, n, _) in run.times)
+    losses = sorted({k[0] for k in run.times}, key=list_order(run))
+    backends = ordered({k[1] for k in run.times})
+    fig, axes = plt.subplots(len(MODES), 1, figsize=(12, 8), sharex=True)
+    width = 0.8 / max(1, len(backends))
+    for ax, mode in zip(axes, MODES):
+        for j, b in enumerate(backends):
+            vals = [run.gbps(loss, b, big, mode) or 0.0 for loss in losses]
+            ax.bar([i + (j - (len(backends) - 1) / 2) * width for i in range(len(losses))],
+                   vals, width, label=b)
+        if run.bandwidth:
+            ax.axhline(run.bandwidth, color="k", ls="--", lw=1,
+                       label=f"read bandwidth {run.bandwidth:.1f} GB/s")
+        ax.set_yscale("log")
+        ax.set_ylabel("GB/s of input read")
+        ax.set_title(f"{mode}, n = {fmt_n(big)} float32, mean")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0].legend(ncol=len(backends) + 1, fontsize="small")
+    axes[-1].set_xticks(range(len(losses)))
+    axes[-1].set_xticklabels([s.replace("_loss", "").replace("binary_cross_entropy", "bce")
+                              for s in losses], rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", type=Path, help="pytest-benchmark --benchmark-json output")
+    ap.add_argument("--name", help="report name (default: the JSON file's stem)")
+    ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--primary", default="c", help="backend the targets are judged on")
+    args = ap.parse_args(argv)
+
+    run = load(args.json)
+    if not run.times:
+        print(f"{args.json}: no loss benchmarks with timings (was it run with "
+              f"--benchmark-disable?)", file=sys.stderr)
+        return 2
+    name = args.name or args.json.stem
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    png = args.out_dir / f"{name}.png"
+    judged = targets(run, args.primary)
+    chart = png.name if plot(run, png) else None
+    md = args.out_dir / f"{name}.md"
+    md.write_text(markdown(run, name, args.primary, judged, chart))
+
+    big, table = judged
+    passed, judged = tally(table)
+    print(f"read bandwidth (this run): {run.bandwidth:.1f} GB/s; targets judged on "
+          f"{args.primary}, ratios and shares at n = {fmt_n(big)}")
+    print("\n".join(target_lines(table)))
+    print(f"{passed}/{judged} targets pass; wrote {md}" + (f" and {png}" if chart else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

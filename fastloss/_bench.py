@@ -1,0 +1,387 @@
+"""Timing helpers and the ``python -m fastloss info | bench | check`` commands.
+
+One place for each measuring idea, shared by the command line, the
+pytest-benchmark suite (``bench/``) and the GPU script (``bench/gpu_bench.py``):
+
+- :func:`median_time`: median seconds per call of a callable;
+- :func:`make_call`: a no-argument callable computing one loss on one backend
+  (PyTorch included), forward or value + gradient;
+- :func:`read_bandwidth`: the machine's plain-read bandwidth, the ceiling of the
+  memory-bound losses.
+
+numba and torch are imported lazily, inside functions, so that importing this
+module (and ``import fastloss``) stays cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable
+
+import numpy as np
+
+import fastloss
+from fastloss.testing import CASES, Case, make_inputs
+
+__all__ = ["median_time", "wall_timer", "make_call", "bytes_read", "read_bandwidth",
+           "cpu_backends", "torch_available", "main"]
+
+CPU_COMPILED = ("c", "numba")        # the compiled CPU backends, in order of preference
+BASELINES = ("numpy", "torch")       # what they are compared with
+MODES = {False: "forward", True: "value+grad"}
+
+
+# --------------------------------------------------------------------------- timing
+
+def wall_timer(fn: Callable[[], object], number: int) -> float:
+    """Seconds for ``number`` back-to-back calls of ``fn``, by the wall clock."""
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return time.perf_counter() - start
+
+
+def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
+                min_time: float = 2e-3,
+                timer: Callable[[Callable[[], object], int], float] = wall_timer) -> float:
+    """Median seconds per call of ``fn()`` over ``repeats`` rounds, after ``warmup`` calls.
+
+    Each round runs ``fn`` often enough to last about ``min_time`` seconds, so
+    that microsecond calls are not lost in the clock's resolution.  ``timer``
+    measures one round (``wall_timer``, or CUDA events in ``bench/gpu_bench.py``).
+    """
+    for _ in range(warmup):
+        fn()
+    number = 1
+    if min_time > 0:
+        once = timer(fn, 1)
+        number = max(1, min(100_000, math.ceil(min_time / max(once, 1e-9))))
+    return statistics.median(timer(fn, number) / number for _ in range(repeats))
+
+
+# --------------------------------------------------------------------------- calls
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cpu_backends() -> list[str]:
+    """The compiled CPU backends that can run here."""
+    info = fastloss.backends()
+    return [name for name in CPU_COMPILED if name in info and info[name].available]
+
+
+def bytes_read(x, y) -> int:
+    """Bytes of input a loss must read: input + target."""
+    return int(x.nbytes + y.nbytes)
+
+
+def make_call(case: Case | str, backend: str, x, y, *, grad: bool = False,
+              reduction: str = "mean") -> Callable[[], object]:
+    """A no-argument callable computing ``case``'s loss of (x, y) on ``backend``.
+
+    ``backend`` is a fastloss backend name or ``"torch"``.  With ``grad`` it
+    returns the value and the gradient with respect to ``x``: fastloss in its
+    fused pass (``return_grad=True``), PyTorch by forward + autograd backward
+    on a leaf tensor made here, outside whatever is timed.
+    ``torch.autograd.grad`` returns a fresh gradient each call, so nothing
+    accumulates in ``.grad`` between rounds.
+    """
+    if isinstance(case, str):
+        case = CASES[case]
+    params = dict(case.params)
+    if backend == "torch":
+        import torch
+
+        xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
+        if not grad:
+            return lambda: case.torch_fn(xt, yt, None, reduction, **params)
+        xt = xt.detach().clone().requires_grad_(True)
+
+        def value_and_grad():
+            loss = case.torch_fn(xt, yt, None, reduction, **params)
+            (g,) = torch.autograd.grad(loss, xt)
+            return loss, g
+
+        return value_and_grad
+    fn = getattr(fastloss, case.name)
+    return functools.partial(fn, x, y, reduction=reduction, return_grad=grad,
+                             backend=backend, **params)
+
+
+# --------------------------------------------------------------------------- bandwidth
+
+def read_bandwidth(n: int = 100_000_000, *, threads: int | None = None, repeats: int = 5,
+                   array: np.ndarray | None = None) -> float:
+    """The machine's plain-read bandwidth in GB/s (10^9 bytes per second).
+
+    Best of ``repeats`` passes of ``np.max`` over an ``n``-element float32 array
+    split across ``threads`` Python threads (default: fastloss's thread count).
+    NumPy releases the GIL in reductions and its float32 max is SIMD and
+    branch-free, so this is a read loop bounded by memory, not arithmetic
+    (``np.sum`` is not: its pairwise float32 sum runs at half the speed here).
+    The array is written first so that its pages are mapped before timing.
+    """
+    a = np.ones(n, dtype=np.float32) if array is None else array
+    threads = threads or fastloss_threads()
+    parts = np.array_split(a, threads)
+    best = math.inf
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(np.max, parts))                    # warm the threads and caches
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.max, parts))
+            best = min(best, time.perf_counter() - start)
+    return a.nbytes / best / 1e9
+
+
+def fastloss_threads() -> int:
+    try:
+        return int(fastloss.get_num_threads())
+    except Exception:                                    # noqa: BLE001 - best effort
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- info
+
+def _gpu_line() -> str:
+    """What numba.cuda sees (numba imported here, lazily)."""
+    try:
+        from numba import cuda
+    except Exception as exc:                             # noqa: BLE001
+        return f"none (numba.cuda does not import: {exc})"
+    try:
+        if not cuda.is_available():
+            return "none (numba.cuda.is_available() is False)"
+        dev = cuda.get_current_device()
+        name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
+        sim = " [simulator: NUMBA_ENABLE_CUDASIM=1]" if os.environ.get(
+            "NUMBA_ENABLE_CUDASIM") == "1" else ""
+        cc = getattr(dev, "compute_capability", None)
+        return f"{name}" + (f", compute capability {cc[0]}.{cc[1]}" if cc else "") + sim
+    except Exception as exc:                             # noqa: BLE001
+        return f"none ({type(exc).__name__}: {exc})"
+
+
+def cmd_info(args) -> int:
+    print(f"fastloss {fastloss.__version__}  (python {platform.python_version()}, "
+          f"numpy {np.__version__}, {platform.machine()})")
+    print("backends:")
+    for name, b in fastloss.backends().items():
+        status = "available" if b.available else "unavailable"
+        reason = "" if b.available else f": {b.reason}"
+        print(f"  {name:<6} {status}{reason}")
+    print(f"C SIMD path: {fastloss.isa() or 'none'}")
+    print(f"threads: {fastloss.get_num_threads()}  (cpu_count {os.cpu_count()})")
+    print(f"GPU: {_gpu_line()}")
+    if args.torch:
+        try:
+            import torch
+            print(f"torch: {torch.__version__} ({torch.get_num_threads()} threads)")
+        except ImportError:
+            print("torch: not installed")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+def _progress(total: int):
+    """A tqdm bar on stderr, or a stand-in with the same two methods if tqdm is missing."""
+    try:
+        from tqdm import tqdm
+        # disable=None: no bar when stderr is not a terminal (logs, CI)
+        return tqdm(total=total, file=sys.stderr, leave=False, unit="run", disable=None)
+    except ImportError:
+        class _Quiet:
+            def update(self, k=1): pass
+            def set_description_str(self, s): pass
+            def close(self): pass
+        return _Quiet()
+
+
+def _split(text: str | None, allowed: Iterable[str], what: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in allowed]
+    if bad:
+        raise SystemExit(f"unknown {what}: {', '.join(bad)}; expected some of "
+                         f"{', '.join(allowed)}")
+    return names
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table, numbers right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i >= 3 else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _ratio(base: float | None, t: float) -> str:
+    """base's time over t as a speed-up, with two significant digits or so."""
+    if not base:
+        return "-"
+    r = base / t
+    return f"{r:.0f}x" if r >= 10 else f"{r:.1f}x" if r >= 1 else f"{r:.2f}x"
+
+
+def cmd_bench(args) -> int:
+    dtype = np.dtype(args.dtype)
+    losses = _split(args.losses, list(CASES), "loss") or list(CASES)
+    have_torch = torch_available()
+    default_backends = cpu_backends() + ["numpy"] + (["torch"] if have_torch else [])
+    backends = _split(args.backends, list(CPU_COMPILED) + list(BASELINES),
+                      "backend") or default_backends
+    if "torch" in backends and not have_torch:
+        raise SystemExit("backend torch asked for but torch does not import")
+    unavailable = [b for b in backends if b in CPU_COMPILED and b not in cpu_backends()]
+    if unavailable:
+        info = fastloss.backends()
+        raise SystemExit("; ".join(f"backend {b} unavailable: {info[b].reason}"
+                                   for b in unavailable))
+    modes = [False, True] if args.grad else [False]
+
+    results: dict[tuple[str, bool, str], float] = {}
+    first: dict[tuple[str, bool, str], float] = {}
+    bar = _progress(len(losses) * len(modes) * len(backends))
+    try:
+        for name in losses:
+            x, y = make_inputs(name, args.n, dtype, seed=0)
+            for grad in modes:
+                for backend in backends:
+                    bar.set_description_str(f"{name} {backend} {MODES[grad]}")
+                    call = make_call(name, backend, x, y, grad=grad)
+                    start = time.perf_counter()
+                    call()                                   # compiles, if it must
+                    first[name, grad, backend] = time.perf_counter() - start
+                    results[name, grad, backend] = median_time(call, repeats=args.repeats,
+                                                               warmup=0)
+                    bar.update()
+    finally:
+        bar.close()
+
+    nbytes = args.n * dtype.itemsize * 2
+    rows = []
+    for name in losses:
+        for grad in modes:
+            t_np = results.get((name, grad, "numpy"))
+            t_torch = results.get((name, grad, "torch"))
+            for backend in backends:
+                t = results[name, grad, backend]
+                rows.append([name, MODES[grad], backend, f"{t * 1e3:.3f}",
+                             f"{nbytes / t / 1e9:.2f}", _ratio(t_np, t), _ratio(t_torch, t),
+                             f"{first[name, grad, backend] * 1e3:.1f}"])
+    print(f"fastloss {fastloss.__version__}: n = {args.n:,} {dtype.name}, mean reduction, "
+          f"{fastloss_threads()} threads, C SIMD path {fastloss.isa() or 'none'}; "
+          f"median of {args.repeats}; GB/s of input + target read; "
+          f"value+grad in torch = forward + autograd backward")
+    print(_table(["loss", "mode", "backend", "median ms", "GB/s", "vs numpy", "vs torch",
+                  "1st call ms"], rows))
+    return 0
+
+
+# --------------------------------------------------------------------------- check
+
+def _to_host(value):
+    """A NumPy array of a backend's result (device arrays copied back)."""
+    if hasattr(value, "copy_to_host"):
+        return value.copy_to_host()
+    return np.asarray(value)
+
+
+def _close(got, want, rtol: float) -> bool:
+    got, want = _to_host(got).astype(np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return False
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    return bool(np.allclose(got, want, rtol=rtol, atol=rtol * scale, equal_nan=True))
+
+
+def cmd_check(args) -> int:
+    """Every loss, every available backend, against backend="numpy"."""
+    info = fastloss.backends()
+    names = [b for b in ("c", "numba", "cuda") if b in info and info[b].available]
+    dtypes = [np.dtype(d) for d in args.dtypes.split(",")]
+    tol = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-10}
+    failures = 0
+    for b in ("c", "numba", "cuda"):
+        if b in info and not info[b].available:
+            print(f"skip  {b}: {info[b].reason}")
+    for name, case in CASES.items():
+        fn = getattr(fastloss, name)
+        for dtype in dtypes:
+            x, y = make_inputs(case, args.n, dtype, seed=1)
+            for reduction in ("mean", "sum", "none"):
+                ref_v, ref_g = fn(x, y, reduction=reduction, return_grad=True,
+                                  backend="numpy", **case.params)
+                for backend in names:
+                    xa, ya = x, y
+                    if backend == "cuda":                # fastloss never copies: we do
+                        from numba import cuda
+                        xa, ya = cuda.to_device(x), cuda.to_device(y)
+                    for grad in (False, True):
+                        what = (f"{name:<33} {backend:<6} {dtype.name:<8} {reduction:<5} "
+                                f"{MODES[grad]}")
+                        try:
+                            out = fn(xa, ya, reduction=reduction, return_grad=grad,
+                                     backend=backend, **case.params)
+                            ok = (_close(out[0], ref_v, tol[dtype])
+                                  and _close(out[1], ref_g, tol[dtype])) if grad \
+                                else _close(out, ref_v, tol[dtype])
+                            verdict = "ok" if ok else "mismatch"
+                        except Exception as exc:         # noqa: BLE001 - report, go on
+                            verdict, ok = f"error: {type(exc).__name__}: {exc}", False
+                        failures += not ok
+                        if not ok or args.verbose:
+                            print(f"{verdict:<8} {what}")
+    total = len(CASES) * len(dtypes) * 3 * len(names) * 2
+    print(f"{total - failures}/{total} ok ({', '.join(names)} vs numpy, n = {args.n})")
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastloss",
+                                     description="fastloss: information, benchmark, self-test")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="version, backends, C SIMD path, threads, GPU")
+    p.add_argument("--no-torch", dest="torch", action="store_false",
+                   help="don't import torch to report its version")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="time every loss on each CPU backend, NumPy and PyTorch")
+    p.add_argument("--n", type=int, default=1_000_000, help="elements (default 1e6)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--losses", help="comma-separated loss names (default: all)")
+    p.add_argument("--backends", help="comma-separated: c, numba, numpy, torch "
+                                      "(default: all available)")
+    p.add_argument("--grad", action="store_true", help="also time value + gradient")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("check", help="every loss on every backend vs the NumPy reference")
+    p.add_argument("--n", type=int, default=1003, help="elements (default 1003: odd)")
+    p.add_argument("--dtypes", default="float32,float64")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the ok lines too")
+    p.set_defaults(func=cmd_check)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
