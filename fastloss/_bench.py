@@ -31,7 +31,7 @@ import fastloss
 from fastloss.testing import CASES, Case, make_inputs
 
 __all__ = ["median_time", "wall_timer", "make_call", "bytes_read", "read_bandwidth",
-           "cpu_backends", "torch_available", "main"]
+           "cpu_backends", "torch_available", "gpu_name", "to_host", "main"]
 
 CPU_COMPILED = ("c", "numba")        # the compiled CPU backends, in order of preference
 BASELINES = ("numpy", "torch")       # what they are compared with
@@ -91,7 +91,8 @@ def make_call(case: Case | str, backend: str, x, y, *, grad: bool = False,
               reduction: str = "mean") -> Callable[[], object]:
     """A no-argument callable computing ``case``'s loss of (x, y) on ``backend``.
 
-    ``backend`` is a fastloss backend name or ``"torch"``.  With ``grad`` it
+    ``backend`` is a fastloss backend name (None: its automatic choice) or
+    ``"torch"``.  With ``grad`` it
     returns the value and the gradient with respect to ``x``: fastloss in its
     fused pass (``return_grad=True``), PyTorch by forward + autograd backward
     on a leaf tensor made here, outside whatever is timed.
@@ -155,6 +156,12 @@ def fastloss_threads() -> int:
 
 # --------------------------------------------------------------------------- info
 
+def gpu_name(cuda) -> str:
+    """The current CUDA device's name (the simulator's device has none)."""
+    name = getattr(cuda.get_current_device(), "name", "CUDA simulator device")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def _gpu_line() -> str:
     """What numba.cuda sees (numba imported here, lazily)."""
     try:
@@ -165,11 +172,10 @@ def _gpu_line() -> str:
         if not cuda.is_available():
             return "none (numba.cuda.is_available() is False)"
         dev = cuda.get_current_device()
-        name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
         sim = " [simulator: NUMBA_ENABLE_CUDASIM=1]" if os.environ.get(
             "NUMBA_ENABLE_CUDASIM") == "1" else ""
         cc = getattr(dev, "compute_capability", None)
-        return f"{name}" + (f", compute capability {cc[0]}.{cc[1]}" if cc else "") + sim
+        return gpu_name(cuda) + (f", compute capability {cc[0]}.{cc[1]}" if cc else "") + sim
     except Exception as exc:                             # noqa: BLE001
         return f"none ({type(exc).__name__}: {exc})"
 
@@ -298,7 +304,7 @@ def cmd_bench(args) -> int:
 
 # --------------------------------------------------------------------------- check
 
-def _to_host(value):
+def to_host(value):
     """A NumPy array of a backend's result (device arrays copied back)."""
     if hasattr(value, "copy_to_host"):
         return value.copy_to_host()
@@ -306,7 +312,7 @@ def _to_host(value):
 
 
 def _close(got, want, rtol: float) -> bool:
-    got, want = _to_host(got).astype(np.float64), np.asarray(want, dtype=np.float64)
+    got, want = to_host(got).astype(np.float64), np.asarray(want, dtype=np.float64)
     if got.shape != want.shape:
         return False
     scale = float(np.max(np.abs(want))) if want.size else 0.0

@@ -5,9 +5,15 @@ from :mod:`._math`.  A kernel is compiled on first use of its loss (lazily,
 once, under a lock) and kept for the process.  Sums are taken per fixed block
 of ``BLOCK`` elements and the block sums added in order, so results do not
 depend on the thread count.
+
+Numba's OpenMP threading layer kills a process forked after it started
+(GNU OpenMP is not fork-safe), so in such a child the same skeleton runs
+compiled without ``parallel=True``: DataLoader-style workers keep working,
+on one thread each.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -15,8 +21,18 @@ import numpy as np
 BLOCK = 16384   # elements per block: the unit of work and of summation
 
 _lock = threading.Lock()
-_kernels: dict[str, object] = {}
+_kernels: dict[tuple[str, bool], object] = {}
 _scalar = None
+_threads_started = False   # the parallel runtime ran in this process
+_forked_child = False      # ... in the parent of this process: run serially
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = _forked_child or _threads_started
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def unavailable_reason():
@@ -27,10 +43,10 @@ def unavailable_reason():
     return None
 
 
-def _elementwise_kernel(fn):
+def _elementwise_kernel(fn, parallel):
     import numba
 
-    @numba.njit(parallel=True, nogil=True)
+    @numba.njit(parallel=parallel, nogil=True)
     def kernel(x, y, w, a, has_w, has_a, p0, p1, out, grad, want_out, want_grad, grad_scale,
                partials):
         n = x.size
@@ -58,19 +74,20 @@ def _elementwise_kernel(fn):
     return kernel
 
 
-def _kernel(loss: str):
+def _kernel(loss: str, parallel: bool):
     global _scalar
-    kernel = _kernels.get(loss)
+    key = (loss, parallel)
+    kernel = _kernels.get(key)
     if kernel is None:
         with _lock:
-            kernel = _kernels.get(loss)
+            kernel = _kernels.get(key)
             if kernel is None:
                 import numba
 
                 from . import _math
                 if _scalar is None:
                     _scalar = _math.compile_for(numba.njit(inline="always"))
-                kernel = _kernels[loss] = _elementwise_kernel(_scalar[loss])
+                kernel = _kernels[key] = _elementwise_kernel(_scalar[loss], parallel)
     return kernel
 
 
@@ -89,8 +106,12 @@ def elementwise(call):
     out = np.empty(n, dtype) if call.want_out else dummy
     grad = np.empty(n, dtype) if call.want_grad else dummy
     partials = np.zeros((n + BLOCK - 1) // BLOCK, np.float64)
-    kernel = _kernel(call.loss)
-    _apply_thread_count()
+    global _threads_started
+    parallel = not _forked_child
+    kernel = _kernel(call.loss, parallel)
+    if parallel:
+        _apply_thread_count()
+        _threads_started = True
     kernel(x, call.target,
            call.weight if call.weight is not None else dummy,
            call.param if call.param is not None else dummy,

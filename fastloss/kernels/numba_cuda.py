@@ -16,6 +16,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+# Imported at module level (this module loads only when the backend is first
+# used): the simulator swaps the module-global ``cuda`` inside kernels.
+from numba import cuda, float64, int64
 
 _lock = threading.RLock()
 _kernels: dict[str, tuple] = {}
@@ -29,10 +32,6 @@ def _simulated() -> bool:
 
 
 def unavailable_reason():
-    try:
-        from numba import cuda
-    except ImportError as exc:
-        return f"numba-cuda is not installed ({exc})"
     try:
         if not cuda.is_available():
             return "no CUDA GPU or driver found (cuda.is_available() is False)"
@@ -53,8 +52,6 @@ def _blocks(n: int) -> int:
 
 def _build_shared():
     """Kernels every loss shares: finishing a sum, scanning values."""
-    from numba import cuda, float64, int64
-
     threads, _ = _geometry()
 
     @cuda.jit
@@ -106,8 +103,6 @@ def _build_shared():
 
 def _elementwise_kernel(fn):
     """The elementwise skeleton for one scalar function."""
-    from numba import cuda, float64
-
     threads, _ = _geometry()
 
     @cuda.jit
@@ -161,8 +156,6 @@ def _get(loss: str):
         with _lock:
             entry = _kernels.get(loss)
             if entry is None:
-                from numba import cuda
-
                 from . import _math
                 if _scalar is None:
                     _scalar = _math.compile_for(cuda.jit(device=True))
@@ -181,7 +174,6 @@ def _shared_kernels():
 
 
 def _as_device(array):
-    from numba import cuda
     if _simulated() or cuda.is_cuda_array(array) and hasattr(array, "copy_to_host"):
         return array
     return cuda.as_cuda_array(array)   # CuPy, torch: a view, no copy
@@ -189,8 +181,6 @@ def _as_device(array):
 
 def _reduce(loss, x, y, w, a, p0, p1, want_out, want_grad, grad_scale, total_scale):
     """Run the elementwise kernel; (0-d device scalar, out, grad)."""
-    from numba import cuda
-
     kernel, finish_sum, _ = _get(loss)
     x, y = _as_device(x), _as_device(y)
     n = x.size
@@ -224,8 +214,6 @@ def sum_float64(array) -> float:
 
 
 def _first_bad(array, lo, hi, pm1) -> int:
-    from numba import cuda
-
     _, first_bad = _shared_kernels()
     array = _as_device(array)
     n = array.size

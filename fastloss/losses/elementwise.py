@@ -134,7 +134,7 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
             denom = weight_sum(w) * (n / w.size)   # a periodic GPU weight repeats
         else:
             denom = float(n)
-        scale = 1.0 / denom if denom != 0 else float("inf")
+        scale = 1.0 / denom if denom != 0 else float("nan")   # 0/0, as PyTorch
     call = ElementwiseCall(
         loss=loss.kernel, input=arrays["input"], target=arrays["target"],
         weight=arrays.get("weight"), param=arrays.get(param_name), p0=float(p0), p1=float(p1),

@@ -1,0 +1,57 @@
+"""Shared test set-up: the CUDA simulator, the backends to test, tolerances.
+
+The CUDA kernels run under Numba's simulator unless a real GPU run is asked
+for with ``NUMBA_ENABLE_CUDASIM=0`` (bench/gpu_check.sh does that).  The
+variable must be set before numba is imported, hence here.
+"""
+import os
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastloss as fl  # noqa: E402
+
+SIMULATED = os.environ["NUMBA_ENABLE_CUDASIM"] == "1"
+
+#: one tolerance table for every comparison with the float64 reference
+TOLERANCE = {
+    np.dtype(np.float32): dict(rtol=2e-5, atol=2e-6),
+    np.dtype(np.float64): dict(rtol=1e-11, atol=1e-13),
+}
+
+
+def tol(dtype):
+    return TOLERANCE[np.dtype(dtype)]
+
+
+def available(name):
+    return fl.backends()[name].available
+
+
+def backend_param(name):
+    """A pytest param for a backend, skipped with the reason when it can't run here."""
+    info = fl.backends()[name]
+    return pytest.param(name, id=name,
+                        marks=pytest.mark.skipif(not info.available, reason=info.reason))
+
+
+KERNEL_BACKENDS = [backend_param(b) for b in ("c", "numba", "cuda")]
+
+
+def to_device(array):
+    from numba import cuda
+    return cuda.to_device(np.ascontiguousarray(array))
+
+
+def to_host(value):
+    return value.copy_to_host() if hasattr(value, "copy_to_host") else np.asarray(value)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads_and_isa():
+    yield
+    fl.set_num_threads(None)
+    if fl.isa() is not None:
+        fl.set_isa(None)

@@ -1,0 +1,111 @@
+"""Extremes: huge and tiny errors, saturated logits, NaN/inf, empty inputs."""
+import math
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+from fastloss import reference
+
+from conftest import KERNEL_BACKENDS, to_device, to_host
+
+BACKENDS = KERNEL_BACKENDS + ["numpy"]
+
+
+def _call(backend, fn, *arrays, **kwargs):
+    if backend == "cuda":
+        arrays = [to_device(a) for a in arrays]
+        kwargs = {k: to_device(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    result = fn(*arrays, backend=backend, **kwargs)
+    if isinstance(result, tuple):
+        return tuple(to_host(r) for r in result)
+    return to_host(result)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_cosh_extremes(backend, dtype):
+    d = np.array([1e30, -1e30, 1e-20, -1e-20, 0.0, 0.25, 40.0, 1e-3], dtype)
+    if dtype == np.float32:
+        d[:2] = 1e30   # finite in float32
+    zero = np.zeros_like(d)
+    value, grad = _call(backend, fl.log_cosh_loss, d, zero, reduction="none", return_grad=True)
+    assert np.all(np.isfinite(value))
+    np.testing.assert_allclose(value[0], abs(float(d[0])) - math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(value[2:4], float(d[2]) ** 2 / 2, rtol=1e-5)   # no cancellation
+    assert value[4] == 0
+    np.testing.assert_allclose(value[5:], reference.log_cosh_loss(d[5:], zero[5:], reduction="none"),
+                               rtol=1e-5 if dtype == np.float32 else 1e-13)
+    np.testing.assert_allclose(grad, np.tanh(d.astype(np.float64)), rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saturated_logits_are_finite(backend, dtype):
+    x = np.array([1e4, -1e4, 1e4, -1e4, 80.0, -80.0], dtype)
+    y = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 1.0], dtype)
+    for fn, kwargs in [(fl.binary_cross_entropy_with_logits, {}),
+                       (fl.binary_cross_entropy_with_logits, {"pos_weight": 5.0}),
+                       (fl.sigmoid_focal_loss, {}),
+                       (fl.sigmoid_focal_loss, {"gamma": 0.5}),
+                       (fl.sigmoid_focal_loss, {"gamma": 0.0, "alpha": -1})]:
+        value, grad = _call(backend, fn, x, y, reduction="none", return_grad=True, **kwargs)
+        assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad)), (fn.__name__, kwargs)
+        ev, eg = getattr(reference, fn.__name__)(x, y, reduction="none", return_grad=True, **kwargs)
+        np.testing.assert_allclose(value, ev, rtol=1e-5)
+        np.testing.assert_allclose(grad, eg, rtol=1e-5, atol=1e-30)
+    # wrong at full confidence: the loss is |x| (times pos_weight for a positive)
+    value = _call(backend, fl.binary_cross_entropy_with_logits, x[:2], y[:2], reduction="none")
+    np.testing.assert_allclose(value, [1e4, 1e4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bce_log_clamp(backend):
+    x = np.array([0.0, 1.0, 0.0, 1.0, 1e-30])
+    y = np.array([1.0, 0.0, 0.0, 1.0, 0.0])
+    value, grad = _call(backend, fl.binary_cross_entropy, x, y, reduction="none", return_grad=True)
+    np.testing.assert_allclose(value, [100.0, 100.0, 0.0, 0.0, 1e-30], rtol=1e-12)
+    np.testing.assert_allclose(grad, [-1e12, 1e12, 0.0, 0.0, 1e-18], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
+                                  "log_cosh_loss", "quantile_loss",
+                                  "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
+                                  "hinge_loss"])
+def test_nan_in_nan_out(backend, name):
+    x = np.array([0.5, np.nan, -0.25])
+    y = np.array([1.0, 1.0, -1.0]) if name == "hinge_loss" else np.array([0.0, 1.0, 1.0])
+    value, grad = _call(backend, getattr(fl, name), x, y, reduction="none", return_grad=True)
+    assert np.isnan(value[1]) and np.isnan(grad[1])
+    assert np.all(np.isfinite(value[[0, 2]])) and np.all(np.isfinite(grad[[0, 2]]))
+    assert np.isnan(_call(backend, getattr(fl, name), x, y))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_infinite_errors(backend):
+    x = np.array([np.inf, -np.inf, 1.0])
+    y = np.zeros(3)
+    assert _call(backend, fl.mse_loss, x, y, reduction="sum") == np.inf
+    value = _call(backend, fl.huber_loss, x, y, reduction="none")
+    assert value[0] == np.inf and value[1] == np.inf
+    value = _call(backend, fl.log_cosh_loss, x, y, reduction="none")
+    assert value[0] == np.inf and value[1] == np.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_inputs(backend, dtype):
+    e = np.zeros(0, dtype)
+    for fn in (fl.mse_loss, fl.log_cosh_loss, fl.binary_cross_entropy_with_logits):
+        assert np.isnan(_call(backend, fn, e, e))
+        assert _call(backend, fn, e, e, reduction="sum") == 0
+        value, grad = _call(backend, fn, e, e, reduction="none", return_grad=True)
+        assert value.shape == (0,) and grad.shape == (0,) and grad.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_weight_sum_gives_nan_mean(backend):
+    x, y, w = np.ones(4), np.zeros(4), np.zeros(4)
+    value, grad = _call(backend, fl.mse_loss, x, y, weight=w, return_grad=True)
+    assert np.isnan(value) and np.all(np.isnan(grad))      # 0 / 0, as PyTorch
