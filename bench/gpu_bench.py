@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -63,21 +64,24 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=100_000_000, help="elements (default 1e8)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--losses", help="comma-separated (default: every case)")
+    ap.add_argument("--host-backend", help="backend that computes the expected value on the "
+                    "host (default: automatic, i.e. c; numpy under the simulator, whose "
+                    "thousands of Python threads once crashed a C call beside them)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     from numba import cuda
 
     import fastloss
-    from fastloss._bench import make_call, median_time
+    from fastloss._bench import gpu_name, make_call, median_time, to_host
     from fastloss.testing import CASES, make_inputs
 
     sim = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    host_backend = args.host_backend or ("numpy" if sim else None)
     info = fastloss.backends()["cuda"]
     print(f"fastloss {fastloss.__version__}; cuda backend: "
           f"{'available' if info.available else info.reason}; simulator: {sim}", flush=True)
-    dev = cuda.get_current_device()
-    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    name = gpu_name(cuda)
     timer = event_timer(cuda, sim)
     repeats = args.repeats
     bw, t_copy = copy_bandwidth(cuda, args.n, repeats, timer, median_time)
@@ -91,8 +95,11 @@ def main(argv=None) -> int:
         if case.kind not in device_inputs:               # one upload per kind of input
             device_inputs.clear()                        # keep one pair on the device
             x, y = make_inputs(case, args.n, np.float32, seed=0)
-            device_inputs[case.kind] = (cuda.to_device(x), cuda.to_device(y), x.nbytes)
-        dx, dy, nbytes = device_inputs[case.kind]
+            device_inputs[case.kind] = (x, y, cuda.to_device(x), cuda.to_device(y))
+        x, y, dx, dy = device_inputs[case.kind]
+        nbytes = x.nbytes
+        # the host (c by default, multi-threaded) says what the value must be
+        host_value = float(make_call(case, host_backend, x, y)())
         for grad in (False, True):
             mode = "value+grad" if grad else "forward"
             moved = 2 * nbytes + (nbytes if grad else 0)
@@ -100,13 +107,17 @@ def main(argv=None) -> int:
             try:
                 call = make_call(case, "cuda", dx, dy, grad=grad)
                 start = time.perf_counter()
-                call()
+                out = call()
                 cuda.synchronize()
                 row["first_call_s"] = time.perf_counter() - start
+                value = float(to_host(out[0] if grad else out))
+                row.update(value=value, host_value=host_value,
+                           agrees=math.isclose(value, host_value, rel_tol=1e-4, abs_tol=1e-7))
                 t = median_time(call, repeats=repeats, warmup=2, min_time=0, timer=timer)
                 row.update(ms=t * 1e3, gbps=moved / t / 1e9, share=moved / t / 1e9 / bw)
                 print(f"{loss:<33} {mode:<10} {t * 1e3:9.3f} ms {row['gbps']:8.0f} GB/s "
-                      f"{row['share']:5.0%}", flush=True)
+                      f"{row['share']:5.0%}" + ("" if row["agrees"] else
+                      f"  WRONG VALUE {value!r}, host {host_value!r}"), flush=True)
             except Exception as exc:                     # noqa: BLE001 - report, go on
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 print(f"{loss:<33} {mode:<10} FAILED {row['error']}", flush=True)
@@ -122,18 +133,22 @@ def main(argv=None) -> int:
              f"read + write, same run): **{bw:.0f} GB/s**.  Bytes moved: input + target "
              f"(+ gradient written for value+grad).  Target: ≥ {TARGET_SHARE:.0%} of the copy "
              f"bandwidth.", "",
-             "| loss | mode | ms | GB/s moved | % of copy BW | target | first call s |",
-             "|---|---|---:|---:|---:|---|---:|"]
+             "A value that disagrees with the host's (rel. 1e-4) is a MISS whatever its speed.",
+             "", "| loss | mode | ms | GB/s moved | % of copy BW | target | value (host) | "
+             "first call s |",
+             "|---|---|---:|---:|---:|---|---|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['loss']} | {r['mode']} | failed: {r['error'][:120]} | | | MISS | |")
+            lines.append(f"| {r['loss']} | {r['mode']} | failed: {r['error'][:120]} | | | MISS "
+                         f"| | |")
         else:
-            ok = "PASS" if r["share"] >= TARGET_SHARE else "MISS"
+            ok = "PASS" if r["share"] >= TARGET_SHARE and r["agrees"] else "MISS"
             lines.append(f"| {r['loss']} | {r['mode']} | {r['ms']:.3f} | {r['gbps']:.0f} | "
-                         f"{r['share']:.0%} | {ok} | {r['first_call_s']:.2f} |")
+                         f"{r['share']:.0%} | {ok} | {r['value']:.6g} ({r['host_value']:.6g})"
+                         f"{'' if r['agrees'] else ' WRONG'} | {r['first_call_s']:.2f} |")
     (args.out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / 'gpu_bench.md'}")
-    return 1 if any("error" in r for r in rows) else 0
+    return 1 if any("error" in r or not r["agrees"] for r in rows) else 0
 
 
 if __name__ == "__main__":
