@@ -7,16 +7,21 @@ GPU (``cuda.jit(device=True)``).  Every function has the signature
 ``p1`` the scalar parameters, the same contract as the C kernels
 (csrc/elementwise.c).  Both Numba targets compute in float64.
 
-Only ``math`` functions that both targets provide are used.
+The transcendental functions are called by the plain names below (``exp``,
+``log``, ``log1p``, ``expm1``, ``tanh``): ``math``'s by default, which both
+targets provide, and replaceable per target through :func:`compile_for`
+(the Numba CPU backend substitutes versions its loop vectoriser can inline).
 """
 import math
 
 LN2 = math.log(2.0)
 NAN = math.nan
+PRIMITIVES = ("exp", "log", "log1p", "expm1", "tanh")
+exp, log, log1p, expm1, tanh = math.exp, math.log, math.log1p, math.expm1, math.tanh
 
 
 def _softplus(z):
-    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+    return max(z, 0.0) + log1p(exp(-abs(z)))
 
 
 def _sign(d):
@@ -58,11 +63,11 @@ def log_cosh(x, y, a, p0, p1):
     ad = abs(d)
     if ad < 1.0:
         # log cosh = log1p(cosh - 1), cosh - 1 = e^2 / (2 (1 + e)), e = expm1(|d|): no cancellation
-        e = math.expm1(ad)
-        value = math.log1p(e * e / (2.0 * (1.0 + e)))
+        e = expm1(ad)
+        value = log1p(e * e / (2.0 * (1.0 + e)))
     else:
-        value = ad + math.log1p(math.exp(-2.0 * ad)) - LN2
-    return value, math.tanh(d)
+        value = ad + log1p(exp(-2.0 * ad)) - LN2
+    return value, tanh(d)
 
 
 def quantile(x, y, a, p0, p1):
@@ -76,15 +81,15 @@ def quantile(x, y, a, p0, p1):
 
 
 def bce(x, y, a, p0, p1):
-    log_x = math.log(x) if x > 0.0 else -math.inf
-    log_1mx = math.log1p(-x) if x < 1.0 else -math.inf
+    log_x = log(x) if x > 0.0 else -math.inf
+    log_1mx = log1p(-x) if x < 1.0 else -math.inf
     value = -(y * max(log_x, -100.0) + (1.0 - y) * max(log_1mx, -100.0))
     return value, (x - y) / max(x * (1.0 - x), 1e-12)
 
 
 def bce_logits(x, y, a, p0, p1):
-    e = math.exp(-abs(x))
-    log1pe = math.log1p(e)
+    e = exp(-abs(x))
+    log1pe = log1p(e)
     sig_neg = e / (1.0 + e) if x >= 0.0 else 1.0 / (1.0 + e)   # sigmoid(-x)
     lw = 1.0 + (a - 1.0) * y
     softplus_neg = max(-x, 0.0) + log1pe
@@ -97,13 +102,13 @@ def _logaddexp(u, v):
     if v == -math.inf:
         return u
     big = max(u, v)
-    return big + math.log1p(math.exp(-abs(u - v)))
+    return big + log1p(exp(-abs(u - v)))
 
 
 def sigmoid_focal(x, y, a, p0, p1):
     alpha, gamma = p0, p1
-    e = math.exp(-abs(x))
-    log1pe = math.log1p(e)
+    e = exp(-abs(x))
+    log1pe = log1p(e)
     log_p = -(max(-x, 0.0) + log1pe)      # log sigmoid(x)
     log_q = -(max(x, 0.0) + log1pe)       # log sigmoid(-x)
     sig = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
@@ -114,11 +119,11 @@ def sigmoid_focal(x, y, a, p0, p1):
     elif y == 0.0:
         log_m = log_p
     else:
-        log_m = _logaddexp(log_q + math.log(y), log_p + math.log1p(-y))
-    modulator = math.exp(gamma * log_m)
+        log_m = _logaddexp(log_q + log(y), log_p + log1p(-y))
+    modulator = exp(gamma * log_m)
     dmod = 0.0
     if gamma != 0.0:
-        dmod = gamma * math.exp((gamma - 1.0) * log_m + log_p + log_q) * (1.0 - 2.0 * y)
+        dmod = gamma * exp((gamma - 1.0) * log_m + log_p + log_q) * (1.0 - 2.0 * y)
     alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y) if alpha >= 0.0 else 1.0
     return alpha_t * ce * modulator, alpha_t * ((sig - y) * modulator + ce * dmod)
 
@@ -140,14 +145,17 @@ LOSSES = {f.__name__: f for f in (mse, l1, huber, smooth_l1, log_cosh, quantile,
 HELPERS = (_softplus, _sign, _logaddexp)
 
 
-def compile_for(jit):
+def compile_for(jit, primitives=None):
     """Every loss's scalar function compiled with ``jit`` (``njit(inline=...)`` or
     ``cuda.jit(device=True)``).  The helpers they call are compiled first and
-    bound in a private namespace, so the source above stays plain Python."""
+    bound in a private namespace, so the source above stays plain Python.
+    ``primitives`` maps names in PRIMITIVES to compiled replacements."""
     import builtins
     import types
 
     namespace = {"math": math, "LN2": LN2, "NAN": NAN, "__builtins__": builtins}
+    namespace.update({name: globals()[name] for name in PRIMITIVES})
+    namespace.update(primitives or {})
 
     def rebind(fn):
         return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__)

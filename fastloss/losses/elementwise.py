@@ -131,7 +131,8 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
     if reduction == "mean":
         if loss.mean_by_weight_sum and "weight" in arrays:
             w = arrays["weight"]
-            denom = weight_sum(w) * (n / w.size)   # a periodic GPU weight repeats
+            # a periodic GPU weight repeats n // w.size times
+            denom = weight_sum(w) * (n // w.size) if w.size else 0.0
         else:
             denom = float(n)
         scale = 1.0 / denom if denom != 0 else float("nan")   # 0/0, as PyTorch
