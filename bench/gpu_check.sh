@@ -5,7 +5,8 @@
 #
 # 1. installs the package (editable, with the cuda and test extras when the
 #    registry is reachable, else from what is already installed, offline);
-# 2. runs the CUDA tests on the real device (pytest tests -k cuda, simulator off);
+# 2. runs the CUDA tests on the real device (pytest tests -k cuda with
+#    NUMBA_ENABLE_CUDASIM=0);
 # 3. times every loss at n = 1e8 float32 with backend="cuda" against the
 #    device's copy bandwidth (bench/gpu_bench.py) -> DIR/gpu_bench.md.
 # A failing step is logged and the next one still runs; the exit status is
@@ -19,7 +20,9 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 cd "$(dirname "$0")/.."
 exec > >(tee -a "$DIR/gpu_check.log") 2>&1
-unset NUMBA_ENABLE_CUDASIM          # the real device, not the simulator
+# the real device, not the simulator: "0", not unset, since tests/conftest.py
+# turns the simulator on when the variable is absent
+export NUMBA_ENABLE_CUDASIM=0
 PY=${PYTHON:-python3}
 failed=()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 MODES = ("forward", "value+grad")
 BACKEND_ORDER = ("c", "numba", "numpy", "torch")
+BUSY = 0.25                   # flag timings taken while others used more of the CPUs
 
 # The targets (see bench/README.md); evaluated on --primary (c) unless stated.
 FAST_TRANSCENDENTAL = ("log_cosh_loss", "binary_cross_entropy_with_logits", "sigmoid_focal_loss")
@@ -34,6 +35,7 @@ SMALL_N, SMALL_CALL_S = 1_000, 5e-6   # a complete call at n = 1e3
 @dataclass
 class Run:
     times: dict            # (loss, backend, n, mode) -> median seconds per call
+    busy: dict             # (loss, backend, n, mode) -> share of CPUs others used meanwhile
     nbytes: dict           # (loss, n) -> bytes read (input + target)
     bandwidth: float       # GB/s
     bandwidth_how: str
@@ -50,7 +52,7 @@ class Run:
 
 def load(path: Path) -> Run:
     data = json.loads(path.read_text())
-    times, nbytes, bw, how, meta = {}, {}, 0.0, "not measured in this run", {}
+    times, busy, nbytes, bw, how, meta = {}, {}, {}, 0.0, "not measured in this run", {}
     for b in data["benchmarks"]:
         info, stats = b.get("extra_info", {}), b["stats"]
         if info.get("mode") == "bandwidth":
@@ -63,6 +65,8 @@ def load(path: Path) -> Run:
         elif info.get("mode") in MODES:
             key = (info["loss"], info["backend"], int(info["n"]), info["mode"])
             times[key] = stats["median"]
+            if info.get("others_cpu") is not None:
+                busy[key] = info["others_cpu"]
             nbytes[info["loss"], int(info["n"])] = info["bytes_read"]
     meta["datetime"] = data.get("datetime", "")
     commit = data.get("commit_info") or {}
@@ -70,7 +74,7 @@ def load(path: Path) -> Run:
     mi = data.get("machine_info") or {}
     meta["cpu"] = (mi.get("cpu") or {}).get("brand_raw", mi.get("processor", ""))
     meta["python"] = mi.get("python_version", "")
-    return Run(times, nbytes, bw, how, meta)
+    return Run(times, busy, nbytes, bw, how, meta)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -176,7 +180,16 @@ def markdown(run: Run, name: str, primary: str, judged, chart: str | None) -> st
              f"({run.bandwidth_how}; fastest pass)",
              "- float32, mean reduction; time = median per complete call; GB/s = "
              "(input + target bytes) / time; ratios = other's time / this time, same run; "
-             "torch value+grad = forward + `torch.autograd.grad`.", ""]
+             "torch value+grad = forward + `torch.autograd.grad`."]
+    if run.busy:
+        shares = sorted(run.busy.values())
+        flagged = sum(s > BUSY for s in shares)
+        lines.append(f"- other processes used {shares[len(shares) // 2]:.0%} of the CPUs "
+                     f"(median over benchmarks, max {shares[-1]:.0%}); {flagged} of "
+                     f"{len(shares)} timings taken while they used more than {BUSY:.0%} "
+                     f"are marked ⚠ (on a busy machine parallel code waits for "
+                     f"descheduled threads: such figures understate the code)")
+    lines.append("")
     big, table = judged
     passed, judged = tally(table)
     lines += [f"## Targets: {passed}/{judged} pass", "",
@@ -198,7 +211,9 @@ def markdown(run: Run, name: str, primary: str, judged, chart: str | None) -> st
                 for b in ordered({k[1] for k in keys if k[0] == loss and k[2] == n}):
                     t, g = run.times[loss, b, n, mode], run.gbps(loss, b, n, mode)
                     pct = f"{g / run.bandwidth:.0%}" if run.bandwidth else "–"
-                    lines.append(f"| {loss} | {b} | {fmt_n(n)} | {fmt_time(t)} | {g:.2f} | {pct} "
+                    warn = " ⚠" if run.busy.get((loss, b, n, mode), 0) > BUSY else ""
+                    lines.append(f"| {loss} | {b} | {fmt_n(n)} | {fmt_time(t)}{warn} | {g:.2f} "
+                                 f"| {pct} "
                                  f"| {fmt_x(run.ratio(loss, b, n, mode, 'torch'))} "
                                  f"| {fmt_x(run.ratio(loss, b, n, mode, 'numpy'))} |")
     if chart:
@@ -267,6 +282,10 @@ def main(argv=None) -> int:
     passed, judged = tally(table)
     print(f"read bandwidth (this run): {run.bandwidth:.1f} GB/s; targets judged on "
           f"{args.primary}, ratios and shares at n = {fmt_n(big)}")
+    flagged = sum(s > BUSY for s in run.busy.values())
+    if flagged:
+        print(f"warning: {flagged} of {len(run.busy)} timings were taken while other "
+              f"processes used more than {BUSY:.0%} of the CPUs (marked ⚠ in {md.name})")
     print("\n".join(target_lines(table)))
     print(f"{passed}/{judged} targets pass; wrote {md}" + (f" and {png}" if chart else ""))
     return 0

@@ -31,7 +31,7 @@ import fastloss
 from fastloss.testing import CASES, Case, make_inputs
 
 __all__ = ["median_time", "wall_timer", "make_call", "bytes_read", "read_bandwidth",
-           "cpu_backends", "torch_available", "gpu_name", "to_host", "main"]
+           "cpu_backends", "torch_available", "gpu_name", "to_host", "OthersCPU", "main"]
 
 CPU_COMPILED = ("c", "numba")        # the compiled CPU backends, in order of preference
 BASELINES = ("numpy", "torch")       # what they are compared with
@@ -119,6 +119,36 @@ def make_call(case: Case | str, backend: str, x, y, *, grad: bool = False,
     fn = getattr(fastloss, case.name)
     return functools.partial(fn, x, y, reduction=reduction, return_grad=grad,
                              backend=backend, **params)
+
+
+class OthersCPU:
+    """Share of the machine's CPUs that *other* processes used while the block ran
+    (Linux ``/proc/stat`` busy time minus this process's own), so that a report
+    can flag timings taken on a busy machine; ``share`` is None elsewhere."""
+
+    share: float | None = None
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [float(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)      # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        self._start = (self._busy(), sum(os.times()[:2]), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy0, own0, wall0 = self._start
+        busy1, own1, wall1 = self._busy(), sum(os.times()[:2]), time.perf_counter()
+        if busy0 is not None and busy1 is not None and wall1 > wall0:
+            others = (busy1 - busy0) - (own1 - own0)
+            self.share = max(0.0, others / ((wall1 - wall0) * (os.cpu_count() or 1)))
+        return False
 
 
 # --------------------------------------------------------------------------- bandwidth
@@ -265,10 +295,13 @@ def cmd_bench(args) -> int:
 
     results: dict[tuple[str, bool, str], float] = {}
     first: dict[tuple[str, bool, str], float] = {}
+    nbytes: dict[str, int] = {}
     bar = _progress(len(losses) * len(modes) * len(backends))
+    others = OthersCPU().__enter__()
     try:
         for name in losses:
             x, y = make_inputs(name, args.n, dtype, seed=0)
+            nbytes[name] = bytes_read(x, y)
             for grad in modes:
                 for backend in backends:
                     bar.set_description_str(f"{name} {backend} {MODES[grad]}")
@@ -281,8 +314,8 @@ def cmd_bench(args) -> int:
                     bar.update()
     finally:
         bar.close()
+        others.__exit__(None, None, None)
 
-    nbytes = args.n * dtype.itemsize * 2
     rows = []
     for name in losses:
         for grad in modes:
@@ -291,7 +324,7 @@ def cmd_bench(args) -> int:
             for backend in backends:
                 t = results[name, grad, backend]
                 rows.append([name, MODES[grad], backend, f"{t * 1e3:.3f}",
-                             f"{nbytes / t / 1e9:.2f}", _ratio(t_np, t), _ratio(t_torch, t),
+                             f"{nbytes[name] / t / 1e9:.2f}", _ratio(t_np, t), _ratio(t_torch, t),
                              f"{first[name, grad, backend] * 1e3:.1f}"])
     print(f"fastloss {fastloss.__version__}: n = {args.n:,} {dtype.name}, mean reduction, "
           f"{fastloss_threads()} threads, C SIMD path {fastloss.isa() or 'none'}; "
@@ -299,6 +332,9 @@ def cmd_bench(args) -> int:
           f"value+grad in torch = forward + autograd backward")
     print(_table(["loss", "mode", "backend", "median ms", "GB/s", "vs numpy", "vs torch",
                   "1st call ms"], rows))
+    if others.share is not None and others.share > 0.25:
+        print(f"warning: other processes used {others.share:.0%} of the CPUs meanwhile; "
+              f"parallel code waits for descheduled threads, so these figures understate it")
     return 0
 
 
