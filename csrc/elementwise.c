@@ -52,11 +52,22 @@
 #endif
 
 /* ---- loss table ----------------------------------------------------------- */
+/* Kernels = the public losses, then internal variants that fl_elementwise
+ * picks by parameter value (not visible in the ABI). */
+#define FL_EW_INTERNAL(X) X(sigmoid_focal_ipow)
+#define FL_EW_KERNELS(X) FL_ELEMENTWISE_LOSSES(X) FL_EW_INTERNAL(X)
 enum {
 #define X(name) FL_LOSS_##name,
     FL_ELEMENTWISE_LOSSES(X)
 #undef X
     FL_NLOSS
+};
+enum {
+    FL_INTERNAL_BEFORE = FL_NLOSS - 1,
+#define X(name) FL_LOSS_##name,
+    FL_EW_INTERNAL(X)
+#undef X
+    FL_NKERNEL
 };
 static const char *const loss_names[FL_NLOSS] = {
 #define X(name) #name,
@@ -188,19 +199,19 @@ enum { EW_VALUE = 1, EW_GRAD = 2, EW_BOTH = 3 };
 #define EW_BLOCK_E(...) EW_BLOCK(__VA_ARGS__) /* expands BASE_FLV first */
 #define X(name) EW_BLOCK_E(name, float, f32, BASE_FLV, base, ) \
                 EW_BLOCK_E(name, double, f64, BASE_FLV, base, )
-FL_ELEMENTWISE_LOSSES(X)
+FL_EW_KERNELS(X)
 #undef X
 EW_PATH(BASE_FLV, base, )
 
 #if FL_X86
 #define X(name) EW_BLOCK(name, float, f32, _fma, avx2, FL_TARGET_AVX2) \
                 EW_BLOCK(name, double, f64, _fma, avx2, FL_TARGET_AVX2)
-FL_ELEMENTWISE_LOSSES(X)
+FL_EW_KERNELS(X)
 #undef X
 EW_PATH(_fma, avx2, FL_TARGET_AVX2)
 #define X(name) EW_BLOCK(name, float, f32, _fma, avx512, FL_TARGET_AVX512) \
                 EW_BLOCK(name, double, f64, _fma, avx512, FL_TARGET_AVX512)
-FL_ELEMENTWISE_LOSSES(X)
+FL_EW_KERNELS(X)
 #undef X
 EW_PATH(_fma, avx512, FL_TARGET_AVX512)
 #define FL_PATHS(f) {f##_base, f##_avx2, f##_avx512}
@@ -218,14 +229,14 @@ typedef void (*lanes_f64_fn)(double *, const double *, int);
 typedef void (*math_f32_fn)(int, const float *, float *, int64_t);
 typedef void (*math_f64_fn)(int, const double *, double *, int64_t);
 
-static const ew_blk_f32 blk_f32[FL_NLOSS][FL_NISA] = {
+static const ew_blk_f32 blk_f32[FL_NKERNEL][FL_NISA] = {
 #define X(name) FL_PATHS(ew_##name##_f32),
-    FL_ELEMENTWISE_LOSSES(X)
+    FL_EW_KERNELS(X)
 #undef X
 };
-static const ew_blk_f64 blk_f64[FL_NLOSS][FL_NISA] = {
+static const ew_blk_f64 blk_f64[FL_NKERNEL][FL_NISA] = {
 #define X(name) FL_PATHS(ew_##name##_f64),
-    FL_ELEMENTWISE_LOSSES(X)
+    FL_EW_KERNELS(X)
 #undef X
 };
 static const lanes_f32_fn lanes_f32[FL_NISA] = FL_PATHS(lanes_f32);
@@ -290,6 +301,10 @@ int fl_elementwise(int loss, int dtype, fl_ew_args *A)
     const int64_t n = A->n;
     if (n <= 0 || !(A->out || A->grad || A->want_total))
         return 0;
+    /* integer gamma (2 by default): m^gamma by multiplication, no log/exp */
+    if (loss == FL_LOSS_sigmoid_focal && (A->p1 == 0 || A->p1 == 1 || A->p1 == 2 ||
+                                          A->p1 == 3 || A->p1 == 4))
+        loss = FL_LOSS_sigmoid_focal_ipow;
     const int isa = fl_isa_now();
     ew_job J = {A, NULL, NULL, NULL, NULL, NULL};
     if (dtype == 0) {

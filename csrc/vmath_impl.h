@@ -9,6 +9,9 @@ FL_INLINE double FL_V(fl_abs_f64)(double x) { return __builtin_fabs(x); }
 /* sign(d): +1, -1, d itself for +-0 and NaN (so NaN propagates) */
 FL_INLINE float FL_V(fl_sign_f32)(float d) { return d > 0 ? 1.0f : (d < 0 ? -1.0f : d); }
 FL_INLINE double FL_V(fl_sign_f64)(double d) { return d > 0 ? 1.0 : (d < 0 ? -1.0 : d); }
+/* a*b + c, fused in the fma flavour */
+FL_INLINE float FL_V(fl_madd_f32)(float a, float b, float c) { return FL_MADD(a, b, c); }
+FL_INLINE double FL_V(fl_madd_f64)(double a, double b, double c) { return FL_MADD(a, b, c); }
 FL_INLINE float FL_V(fl_copysign_f32)(float a, float s) { return __builtin_copysignf(a, s); }
 FL_INLINE double FL_V(fl_copysign_f64)(double a, double s) { return __builtin_copysign(a, s); }
 

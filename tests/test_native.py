@@ -94,9 +94,9 @@ F32_SPECIAL = np.array(
 
 
 def f32_sample():
-    # a sweep over all bit patterns (every 509th, both signs) plus dense
+    # a sweep over all bit patterns (every 1021st, both signs) plus dense
     # samples where each function is delicate, plus special points
-    bits = np.arange(0, 2**32, 509, dtype=np.uint64).astype(np.uint32)
+    bits = np.arange(0, 2**32, 1021, dtype=np.uint64).astype(np.uint32)
     rng = np.random.default_rng(0)
     dense = [rng.uniform(-110, 90, 200_000), rng.uniform(-1, 1, 200_000),
              np.ldexp(rng.uniform(-1, 1, 200_000), rng.integers(-149, 5, 200_000))]
@@ -279,6 +279,50 @@ def test_loss_math(isa_path, dtype, loss):
         assert np.isnan(o[3]) and np.isnan(g[3]) and np.isfinite(o[4])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 4.5])
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+def test_focal_gammas(dtype, gamma, alpha):
+    # integer gamma takes an internal kernel (powers by multiplication), the
+    # others the log-space one: both against the same reference
+    rng = np.random.default_rng(11)
+    n = 5000
+    x = rng.normal(0, 4, n).astype(dtype)
+    y = rng.uniform(0, 1, n)
+    y[: n // 2] = np.round(y[: n // 2])
+    y = y.astype(dtype)
+    lr, gr = ref_loss("sigmoid_focal", x.astype(np.float64), y.astype(np.float64), None, alpha, gamma)
+    _, o, g = call("sigmoid_focal", x, y, p0=alpha, p1=gamma)
+    tol = dict(rtol=5e-5, atol=1e-6) if dtype is np.float32 else dict(rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(o, lr, **tol)
+    np.testing.assert_allclose(g, gr, **tol)
+
+
+@pytest.mark.parametrize("isa_path", ISAS, indirect=True, ids=lambda i: ffi.string(lib.fl_isa_name(i)).decode())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_log_cosh_ulp(isa_path, dtype):
+    # value and tanh over the whole positive range (both are even/odd in d)
+    if dtype is np.float32:
+        x = np.arange(0, 0x7F800000, 1021, dtype=np.uint32).view(np.float32)
+        fmt = (23, -149, 128)
+    else:
+        if np.finfo(np.longdouble).nmant < 63:
+            pytest.skip("needs an 80-bit long double for the float64 reference")
+        rng = np.random.default_rng(3)
+        x = np.concatenate([np.ldexp(rng.uniform(0.5, 1, 100_000), rng.integers(-1074, 1024, 100_000)),
+                            rng.uniform(0, 40, 100_000)])
+        fmt = (52, -1074, 1024)
+    _, o, g = call("log_cosh", x, np.zeros_like(x), total=False)
+    X = x.astype(np.longdouble)
+    with np.errstate(all="ignore"):
+        e = np.expm1(np.minimum(X, 40))
+        ref = np.where(X < 40, np.log1p(e * e / (2 * (1 + e))), X - np.log(np.longdouble(2)))
+    for res, want, what in [(o, ref, "value"), (g, np.tanh(X), "tanh")]:
+        err = ulp_error(res, want, *fmt)
+        i = int(np.argmax(err))
+        assert err[i] <= 4, f"log_cosh {what}: {err[i]:.2f} ulp at d={x[i]!r}"
+
+
 def test_loss_edge_values():
     for dt in (np.float32, np.float64):
         z = np.zeros(4, dt)
@@ -297,7 +341,8 @@ def test_loss_edge_values():
         x = np.array([1e4, -1e4, 1e4, -1e4], dt)
         y = np.array([0.0, 1.0, 1.0, 0.0], dt)
         for loss, p0, p1 in [("bce_logits", 1.0, 0.0), ("sigmoid_focal", 0.25, 0.5),
-                             ("sigmoid_focal", -1.0, 0.0), ("sigmoid_focal", 0.25, 2.0)]:
+                             ("sigmoid_focal", -1.0, 0.0), ("sigmoid_focal", 0.25, 2.0),
+                             ("sigmoid_focal", 0.25, 1.5)]:
             _, o, g = call(loss, x, y, p0=p0, p1=p1)
             assert np.isfinite(o).all() and np.isfinite(g).all(), (loss, dt, o, g)
 
