@@ -42,7 +42,7 @@ KERNEL_BACKENDS = [backend_param(b) for b in ("c", "numba", "cuda")]
 
 def to_device(array):
     from numba import cuda
-    return cuda.to_device(np.ascontiguousarray(array))
+    return cuda.to_device(np.array(array, order="C"))   # keeps 0-d arrays 0-d
 
 
 def to_host(value):

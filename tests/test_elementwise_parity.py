@@ -7,7 +7,7 @@ import fastloss as fl
 from fastloss import reference
 from fastloss.testing import CASES, make_inputs
 
-from conftest import KERNEL_BACKENDS, SIMULATED, to_device, to_host, tol
+from conftest import KERNEL_BACKENDS, to_device, to_host, tol
 
 #: hyper-parameter variants per loss, beyond the defaults; "ARRAY" marks a
 #: parameter given as an array against the last axis
@@ -25,7 +25,11 @@ VARIANTS = {
 }
 
 HOST_SHAPES = [(), (1,), (7,), (3, 4, 5), (0,), (2, 0, 3), (1 << 20) + 3]
-CUDA_SHAPES = [(), (7,), (3, 4, 5), (0,), (300,)]
+LARGE = (1 << 20) + 3
+#: (dtype, shape, weight) combinations run under the CUDA simulator, which is slow
+CUDA_COMBOS = [(np.float64, (), None), (np.float64, (7,), "full"), (np.float64, (0,), None),
+               (np.float64, (3, 4, 5), None), (np.float64, (300,), "trailing"),
+               (np.float32, (300,), "full")]
 
 
 def _cases():
@@ -110,20 +114,16 @@ def _check(fn_name, backend, params, shape, dtype, weight_kind, seed=0):
                          + ["numpy"])
 @pytest.mark.parametrize("fn_name,params", list(_cases()))
 def test_host_parity(fn_name, params, backend, dtype, shape, weight_kind):
+    if shape == LARGE and (backend == "numpy" or weight_kind == "trailing"):
+        pytest.skip("large inputs: kernels only, one weight layout suffices")
     shape = (shape,) if isinstance(shape, int) else shape
-    if backend == "numpy" and np.prod(shape) > 1000:
-        pytest.skip("the reference against itself needs no large input")
     _check(fn_name, backend, params, shape, dtype, weight_kind)
 
 
-@pytest.mark.parametrize("weight_kind", [None, "full", "trailing"])
-@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype,shape,weight_kind", CUDA_COMBOS, ids=str)
 @pytest.mark.parametrize("backend", [b for b in KERNEL_BACKENDS if b.values[0] == "cuda"])
 @pytest.mark.parametrize("fn_name,params", list(_cases()))
 def test_cuda_parity(fn_name, params, backend, dtype, shape, weight_kind):
-    if SIMULATED and (weight_kind == "trailing" or dtype == np.float32) and len(shape) != 1:
-        pytest.skip("the simulator is slow: trailing weights and float32 on 1-D shapes only")
     _check(fn_name, backend, params, shape, dtype, weight_kind)
 
 
@@ -165,3 +165,21 @@ def test_quantile_array_with_one_target_per_row(backend):
                                      q=q, return_grad=True)
     np.testing.assert_allclose(v, ev, **tol(np.float64))
     np.testing.assert_allclose(g, eg, **tol(np.float64))
+
+
+def _isa_paths():
+    if not fl.backends()["c"].available:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=fl.backends()["c"].reason))]
+    from fastloss.kernels import native
+    best = native.ISA_NAMES.index(native.max_isa())
+    return list(native.ISA_NAMES[:best + 1])
+
+
+@pytest.mark.parametrize("isa", _isa_paths())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("fn_name,params", list(_cases()))
+def test_every_simd_path_of_the_c_kernels(fn_name, params, dtype, isa):
+    """Each ISA path the CPU has (baseline, AVX2+FMA, AVX-512), forced in turn."""
+    assert fl.set_isa(isa) == isa
+    for shape in [(7,), (3, 4, 5), (100_003,)]:
+        _check(fn_name, "c", params, shape, dtype, "full")

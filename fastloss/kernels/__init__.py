@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class ElementwiseCall:
     """One elementwise kernel call, already validated and laid out.
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _dispatch, reference
-from .._validate import (ArrayMeta, check_bool, check_broadcastable, check_input,
+from .._validate import (FLOAT_DTYPES, REDUCTIONS, ArrayMeta, check_bool, check_broadcastable, check_input,
                          check_open_unit, check_positive, check_real, check_reduction,
                          check_same_place, check_shape)
 from ..kernels import ElementwiseCall
@@ -89,8 +89,23 @@ def _check_values(loss: _Loss, metas: dict[str, ArrayMeta], module):
 def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
          p0=0.0, p1=0.0, param=None, param_name=None, reference_kwargs=None,
          target_may_broadcast=False):
-    check_reduction(reduction)
-    return_grad = check_bool(return_grad, "return_grad")
+    if reduction not in REDUCTIONS:
+        check_reduction(reduction)
+    if return_grad is not True and return_grad is not False:
+        return_grad = check_bool(return_grad, "return_grad")
+    if (weight is None and param is None and type(input) is np.ndarray
+            and type(target) is np.ndarray and input.dtype in FLOAT_DTYPES
+            and target.dtype == input.dtype and input.shape == target.shape
+            and loss.input_range is None and loss.target_range is None and not loss.target_pm1):
+        # The common case, checked in a few cheap tests: two host arrays of one
+        # float dtype and shape, nothing to broadcast or convert, no value checks.
+        name, module = _dispatch.select(backend, False)
+        if name != "numpy":
+            arrays = {"input": np.ascontiguousarray(input).reshape(-1),
+                      "target": np.ascontiguousarray(target).reshape(-1)}
+            return _launch(loss, module, arrays, None, input.shape, input.dtype, False,
+                           p0, p1, reduction, return_grad)
+
     x = check_input(input)
     metas = {"input": x, "target": ArrayMeta(target, "target")}
     if weight is not None:
@@ -117,20 +132,24 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
     if name == "numpy":
         return _run_reference(loss, metas, param_name, reference_kwargs or {}, reduction,
                               return_grad, dtype)
-
-    n = x.size
     if x.on_gpu:
         arrays = {k: _gpu_layout(m, shape, k, periodic=k not in ("input", "target"))
                   for k, m in metas.items()}
-        weight_sum = module.sum_float64
     else:
         arrays = {k: _host_layout(m, shape, dtype) for k, m in metas.items()}
-        weight_sum = _host_sum
+    return _launch(loss, module, arrays, param_name, shape, dtype, x.on_gpu, p0, p1, reduction,
+                   return_grad)
 
+
+def _launch(loss, module, arrays, param_name, shape, dtype, on_gpu, p0, p1, reduction,
+            return_grad):
+    """Run the kernel on laid-out arrays and shape its results."""
+    n = arrays["input"].size
     scale = 1.0
     if reduction == "mean":
-        if loss.mean_by_weight_sum and "weight" in arrays:
-            w = arrays["weight"]
+        w = arrays.get("weight")
+        if loss.mean_by_weight_sum and w is not None:
+            weight_sum = module.sum_float64 if on_gpu else _host_sum
             # a periodic GPU weight repeats n // w.size times
             denom = weight_sum(w) * (n // w.size) if w.size else 0.0
         else:
@@ -144,7 +163,7 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
     value, out, grad = module.elementwise(call)
     if reduction == "none":
         value = out.reshape(shape)
-    elif not x.on_gpu:
+    elif not on_gpu:
         value = dtype.type(value)
     if not return_grad:
         return value
