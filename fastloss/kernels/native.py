@@ -29,23 +29,32 @@ if _native is not None:
     _LOSS_IDS = {ffi.string(lib.fl_ew_name(i)).decode(): i for i in range(lib.fl_ew_count())}
 
 
-def _buffer(array):
-    return ffi.from_buffer(array) if array is not None else ffi.NULL
-
-
 def elementwise(call):
     x = call.input
     dtype = x.dtype
     n = x.size
-    out = np.empty(n, dtype) if call.want_out else None
-    grad = np.empty(n, dtype) if call.want_grad else None
     args = ffi.new("fl_ew_args *")
-    keep = [_buffer(a) for a in (x, call.target, call.weight, call.param, out, grad)]
-    args.input, args.target, args.weight, args.param, args.out, args.grad = keep
+    # the cdata buffers must outlive the call: keep them in locals
+    xb = ffi.from_buffer(x)
+    yb = ffi.from_buffer(call.target)
+    args.input, args.target = xb, yb
+    wb = pb = ob = gb = out = grad = None
+    if call.weight is not None:
+        args.weight = wb = ffi.from_buffer(call.weight)
+    if call.param is not None:
+        args.param = pb = ffi.from_buffer(call.param)
+    if call.want_out:
+        out = np.empty(n, dtype)
+        args.out = ob = ffi.from_buffer(out)
+    else:
+        args.want_total = 1
+    if call.want_grad:
+        grad = np.empty(n, dtype)
+        args.grad = gb = ffi.from_buffer(grad)
     args.p0, args.p1, args.n = call.p0, call.p1, n
     args.grad_scale = call.grad_scale
-    args.want_total = 0 if call.want_out else 1
     rc = lib.fl_elementwise(_LOSS_IDS[call.loss], _DTYPE_IDS[dtype], args)
+    del xb, yb, wb, pb, ob, gb
     if rc == -2:
         raise MemoryError("fastloss C kernel: out of memory")
     if rc != 0:
