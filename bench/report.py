@@ -1,7 +1,7 @@
 """Turn a pytest-benchmark JSON of bench/test_bench_elementwise.py into a report.
 
     pytest bench --benchmark-json=bench/results/raw.json
-    python bench/report.py bench/results/raw.json [--name NAME] [--primary c]
+    python bench/report.py bench/results/raw.json [MORE.json ...] [--name NAME] [--primary c]
 
 Writes ``<out-dir>/<name>.md`` (default: ``bench/results/<json stem>.md``): the
 targets with PASS/MISS, then one table per mode (loss, backend, n, median time,
@@ -50,10 +50,13 @@ class Run:
         return tb / t if t and tb else None
 
 
-def load(path: Path) -> Run:
-    data = json.loads(path.read_text())
+def load(paths: list[Path]) -> Run:
+    """One run from one JSON, or from several (e.g. one process per backend:
+    ``-k "-numba-"``); a benchmark in a later file replaces the same one earlier."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    data = runs[0]
     times, busy, nbytes, bw, how, meta = {}, {}, {}, 0.0, "not measured in this run", {}
-    for b in data["benchmarks"]:
+    for b in (b for d in runs for b in d["benchmarks"]):
         info, stats = b.get("extra_info", {}), b["stats"]
         if info.get("mode") == "bandwidth":
             # the fastest pass is the machine's ceiling: take the best of the
@@ -191,8 +194,8 @@ def markdown(run: Run, name: str, primary: str, judged, chart: str | None) -> st
                      f"descheduled threads: such figures understate the code)")
     lines.append("")
     big, table = judged
-    passed, judged = tally(table)
-    lines += [f"## Targets: {passed}/{judged} pass", "",
+    passed, counted = tally(table)
+    lines += [f"## Targets: {passed}/{counted} pass", "",
               f"Judged on backend `{primary}`; vs torch and % of the read bandwidth at n = "
               f"{fmt_n(big)}; numba/c = numba's time / {primary}'s at n = {fmt_n(big)}.", "",
               "| " + " | ".join(["loss", *TARGET_COLUMNS]) + " |",
@@ -259,7 +262,8 @@ def plot(run: Run, path: Path) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", type=Path, help="pytest-benchmark --benchmark-json output")
+    ap.add_argument("json", type=Path, nargs="+",
+                    help="pytest-benchmark --benchmark-json output(s)")
     ap.add_argument("--name", help="report name (default: the JSON file's stem)")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--primary", default="c", help="backend the targets are judged on")
@@ -267,10 +271,10 @@ def main(argv=None) -> int:
 
     run = load(args.json)
     if not run.times:
-        print(f"{args.json}: no loss benchmarks with timings (was it run with "
+        print(f"{' '.join(map(str, args.json))}: no loss benchmarks with timings (was it run with "
               f"--benchmark-disable?)", file=sys.stderr)
         return 2
-    name = args.name or args.json.stem
+    name = args.name or args.json[0].stem
     args.out_dir.mkdir(parents=True, exist_ok=True)
     png = args.out_dir / f"{name}.png"
     judged = targets(run, args.primary)
