@@ -21,12 +21,13 @@ try:                 # an installed fastloss (pip install -e .) is what is measu
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fastloss._bench import quiet_openmp  # noqa: E402
+
+quiet_openmp()       # before numba/torch load libgomp; OMP_WAIT_POLICY=ACTIVE overrides
+
 FULL_SIZES = (1_000, 100_000, 10_000_000)
 SMOKE_SIZES = (1_000, 10_000)
-# Run order, backend outermost and numba last: once numba's OpenMP pool exists
-# its threads can slow PyTorch's calls by orders of magnitude when the cores
-# are contended (seen here: torch mse at 1e5 from 41 us to 32 ms on 2 busy cores).
-BACKENDS = ("c", "numpy", "torch", "numba")
+BACKENDS = ("c", "numba", "numpy", "torch")   # outermost in the run order
 
 
 def is_smoke(config) -> bool:

@@ -64,7 +64,7 @@ def load(paths: list[Path]) -> Run:
             bw = max(bw, info["bytes_read"] / stats["min"] / 1e9, info.get("best_of_5_GBps", 0))
             how = info.get("method", "")
             meta.update({k: info[k] for k in ("fastloss_version", "isa", "threads",
-                                              "torch_threads") if k in info})
+                                              "torch_threads", "omp_wait_policy") if k in info})
         elif info.get("mode") in MODES:
             key = (info["loss"], info["backend"], int(info["n"]), info["mode"])
             times[key] = stats["median"]
@@ -177,7 +177,8 @@ def markdown(run: Run, name: str, primary: str, judged, chart: str | None) -> st
     lines = [f"# fastloss benchmarks: {name}", "",
              f"- run {m.get('datetime', '')}, commit {m.get('commit') or '?'}; "
              f"fastloss {m.get('fastloss_version', '?')}, C SIMD path {m.get('isa', '?')}, "
-             f"{m.get('threads', '?')} threads (torch {m.get('torch_threads', '?')}); "
+             f"{m.get('threads', '?')} threads (torch {m.get('torch_threads', '?')}), "
+             f"OMP_WAIT_POLICY={m.get('omp_wait_policy', '?')}; "
              f"{m.get('cpu', '')}, Python {m.get('python', '')}",
              f"- read bandwidth measured in this run: **{run.bandwidth:.1f} GB/s** "
              f"({run.bandwidth_how}; fastest pass)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -71,7 +72,8 @@ def test_read_bandwidth(benchmark, smoke):
                                 method=f"np.max over float32 split across {threads} threads",
                                 best_of_5_GBps=read_bandwidth(array=a, threads=threads),
                                 fastloss_version=fastloss.__version__, isa=fastloss.isa(),
-                                torch_threads=_torch_threads())
+                                torch_threads=_torch_threads(),
+                                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
     with ThreadPoolExecutor(threads) as pool, OthersCPU() as others:
         run_benchmark(benchmark, lambda: list(pool.map(np.max, parts)))
     benchmark.extra_info["others_cpu"] = others.share

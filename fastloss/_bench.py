@@ -30,7 +30,7 @@ import numpy as np
 import fastloss
 from fastloss.testing import CASES, Case, make_inputs
 
-__all__ = ["median_time", "wall_timer", "make_call", "bytes_read", "read_bandwidth",
+__all__ = ["median_time", "wall_timer", "quiet_openmp", "make_call", "bytes_read", "read_bandwidth",
            "cpu_backends", "torch_available", "gpu_name", "to_host", "OthersCPU", "main"]
 
 CPU_COMPILED = ("c", "numba")        # the compiled CPU backends, in order of preference
@@ -39,6 +39,18 @@ MODES = {False: "forward", True: "value+grad"}
 
 
 # --------------------------------------------------------------------------- timing
+
+def quiet_openmp() -> str:
+    """Make OpenMP threads sleep, not spin, while they wait (unless the caller chose).
+
+    With GNU OpenMP's default policy, waiting threads spin; when other processes
+    hold the cores, a parallel region then waits for descheduled threads, and a
+    PyTorch or numba call of 0.1 ms takes 16 ms (measured on this project's
+    2-core machine with one core busy elsewhere): that times the scheduler, not
+    the code.  Must run before numba or torch loads libgomp.  Returns the policy.
+    """
+    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def wall_timer(fn: Callable[[], object], number: int) -> float:
     """Seconds for ``number`` back-to-back calls of ``fn``, by the wall clock."""
@@ -295,15 +307,14 @@ def cmd_bench(args) -> int:
 
     results: dict[tuple[str, bool, str], float] = {}
     first: dict[tuple[str, bool, str], float] = {}
-    nbytes: dict[str, int] = {}
+    inputs = {name: make_inputs(name, args.n, dtype, seed=0) for name in losses}
     bar = _progress(len(losses) * len(modes) * len(backends))
     others = OthersCPU().__enter__()
     try:
-        for name in losses:
-            x, y = make_inputs(name, args.n, dtype, seed=0)
-            nbytes[name] = bytes_read(x, y)
-            for grad in modes:
-                for backend in backends:
+        for backend in backends:              # backend outermost: its threads stay warm
+            for name in losses:
+                x, y = inputs[name]
+                for grad in modes:
                     bar.set_description_str(f"{name} {backend} {MODES[grad]}")
                     call = make_call(name, backend, x, y, grad=grad)
                     start = time.perf_counter()
@@ -324,11 +335,12 @@ def cmd_bench(args) -> int:
             for backend in backends:
                 t = results[name, grad, backend]
                 rows.append([name, MODES[grad], backend, f"{t * 1e3:.3f}",
-                             f"{nbytes[name] / t / 1e9:.2f}", _ratio(t_np, t), _ratio(t_torch, t),
+                             f"{bytes_read(*inputs[name]) / t / 1e9:.2f}", _ratio(t_np, t), _ratio(t_torch, t),
                              f"{first[name, grad, backend] * 1e3:.1f}"])
     print(f"fastloss {fastloss.__version__}: n = {args.n:,} {dtype.name}, mean reduction, "
           f"{fastloss_threads()} threads, C SIMD path {fastloss.isa() or 'none'}; "
-          f"median of {args.repeats}; GB/s of input + target read; "
+          f"median of {args.repeats}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+          f"GB/s of input + target read; "
           f"value+grad in torch = forward + autograd backward")
     print(_table(["loss", "mode", "backend", "median ms", "GB/s", "vs numpy", "vs torch",
                   "1st call ms"], rows))
@@ -358,11 +370,12 @@ def _close(got, want, rtol: float) -> bool:
 def cmd_check(args) -> int:
     """Every loss, every available backend, against backend="numpy"."""
     info = fastloss.backends()
-    names = [b for b in ("c", "numba", "cuda") if b in info and info[b].available]
+    wanted = _split(args.backends, ("c", "numba", "cuda"), "backend") or ("c", "numba", "cuda")
+    names = [b for b in wanted if b in info and info[b].available]
     dtypes = [np.dtype(d) for d in args.dtypes.split(",")]
     tol = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-10}
     failures = 0
-    for b in ("c", "numba", "cuda"):
+    for b in wanted:
         if b in info and not info[b].available:
             print(f"skip  {b}: {info[b].reason}")
     for name, case in CASES.items():
@@ -400,6 +413,7 @@ def cmd_check(args) -> int:
 # --------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_openmp()                 # before any numba/torch import (see its docstring)
     parser = argparse.ArgumentParser(prog="python -m fastloss",
                                      description="fastloss: information, benchmark, self-test")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -422,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="every loss on every backend vs the NumPy reference")
     p.add_argument("--n", type=int, default=1003, help="elements (default 1003: odd)")
     p.add_argument("--dtypes", default="float32,float64")
+    p.add_argument("--backends", help="comma-separated: c, numba, cuda (default: all "
+                                      "available; numba's first compile of each kernel "
+                                      "dominates the time)")
     p.add_argument("-v", "--verbose", action="store_true", help="print the ok lines too")
     p.set_defaults(func=cmd_check)
 
