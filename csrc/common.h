@@ -22,7 +22,8 @@
 #define FL_ISA_AVX2 1
 #define FL_ISA_AVX512 2
 #define FL_NISA 3
-#if defined(__x86_64__) && defined(__GNUC__)
+/* -DFL_NO_X86 builds the portable baseline only, as on other architectures */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(FL_NO_X86)
 #define FL_X86 1
 #define FL_TARGET_AVX2 __attribute__((target("avx2,fma")))
 /* 512-bit vectors: GCC would otherwise keep to 256 bits for AVX-512 code. */
