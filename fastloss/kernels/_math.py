@@ -64,9 +64,11 @@ def log_cosh(x, y, a, p0, p1):
     if ad < 1.0:
         # log cosh = log1p(cosh - 1), cosh - 1 = e^2 / (2 (1 + e)), e = expm1(|d|): no cancellation
         e = expm1(ad)
-        value = log1p(e * e / (2.0 * (1.0 + e)))
+        arg = e * e / (2.0 * (1.0 + e))
     else:
-        value = ad + log1p(exp(-2.0 * ad)) - LN2
+        arg = exp(-2.0 * ad)
+    lg = log1p(arg)   # one call for both branches: select-friendly (vectorised CPU loop)
+    value = lg if ad < 1.0 else ad + lg - LN2
     return value, tanh(d)
 
 
@@ -114,12 +116,12 @@ def sigmoid_focal(x, y, a, p0, p1):
     sig = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
     ce = -(y * log_p + (1.0 - y) * log_q)
     # log(1 - p_t) = log(p (1 - y) + (1 - p) y), a log-sum-exp of two terms
-    if y == 1.0:
-        log_m = log_q
-    elif y == 0.0:
-        log_m = log_p
-    else:
-        log_m = _logaddexp(log_q + log(y), log_p + log1p(-y))
+    # computed for every y, then selected: select-friendly for the vectorised CPU loop
+    # (the guards give log(0) = log1p(-1) = -inf without a domain error in plain Python)
+    log_y = log(y) if y != 0.0 else -math.inf
+    log_1my = log1p(-y) if y != 1.0 else -math.inf
+    log_m = _logaddexp(log_q + log_y, log_p + log_1my)
+    log_m = log_q if y == 1.0 else (log_p if y == 0.0 else log_m)
     modulator = exp(gamma * log_m)
     dmod = 0.0
     if gamma != 0.0:
