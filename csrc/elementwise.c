@@ -349,19 +349,23 @@ int fl_math(int fn, int dtype, const void *x, void *y, int64_t n)
  * scanned again for the first index.  Comparisons in double: exact for float
  * inputs and any double bounds. */
 #define FIND_BLOCK 4096
+/* Compares in T (bounds cast to T, exact for the 0 and 1 the losses use):
+ * a float-to-double conversion in the scan stops GCC vectorising it. */
 #define FIND_LOOP(T, BAD)                                                     \
     do {                                                                      \
-        const T *v = x;                                                       \
+        const T *restrict v = x;                                              \
+        const T lo_t = (T)lo, hi_t = (T)hi;                                   \
+        (void)lo_t, (void)hi_t;                                               \
         for (int64_t off = 0; off < n; off += FIND_BLOCK) {                   \
             int64_t m = n - off < FIND_BLOCK ? n - off : FIND_BLOCK;          \
             int bad = 0;                                                      \
             for (int64_t i = 0; i < m; i++) {                                 \
-                double t = (double)v[off + i];                                \
+                T t = v[off + i];                                             \
                 bad |= BAD;                                                   \
             }                                                                 \
             if (bad)                                                          \
                 for (int64_t i = 0; i < m; i++) {                             \
-                    double t = (double)v[off + i];                            \
+                    T t = v[off + i];                                         \
                     if (BAD)                                                  \
                         return off + i;                                       \
                 }                                                             \
@@ -372,7 +376,7 @@ int fl_math(int fn, int dtype, const void *x, void *y, int64_t n)
 /* dtype errors: -2 (no index is negative otherwise) */
 int64_t fl_find_outside(int dtype, const void *x, int64_t n, double lo, double hi)
 {
-#define OUTSIDE (!(t >= lo) | !(t <= hi)) /* NaN fails both */
+#define OUTSIDE (!(t >= lo_t) | !(t <= hi_t)) /* NaN fails both */
     if (dtype == 0)
         FIND_LOOP(float, OUTSIDE);
     if (dtype == 1)
@@ -383,7 +387,8 @@ int64_t fl_find_outside(int dtype, const void *x, int64_t n, double lo, double h
 
 int64_t fl_find_not_pm1(int dtype, const void *x, int64_t n)
 {
-#define NOT_PM1 ((t != 1.0) & (t != -1.0))
+    const double lo = 0, hi = 0; /* unused by this check */
+#define NOT_PM1 ((t != 1) & (t != -1))
     if (dtype == 0)
         FIND_LOOP(float, NOT_PM1);
     if (dtype == 1)

@@ -93,13 +93,14 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
         check_reduction(reduction)
     if return_grad is not True and return_grad is not False:
         return_grad = check_bool(return_grad, "return_grad")
+    selected = None
     if (weight is None and param is None and type(input) is np.ndarray
             and type(target) is np.ndarray and input.dtype in FLOAT_DTYPES
             and target.dtype == input.dtype and input.shape == target.shape
             and loss.input_range is None and loss.target_range is None and not loss.target_pm1):
         # The common case, checked in a few cheap tests: two host arrays of one
         # float dtype and shape, nothing to broadcast or convert, no value checks.
-        name, module = _dispatch.select(backend, False)
+        selected = name, module = _dispatch.select(backend, False)
         if name != "numpy":
             arrays = {"input": np.ascontiguousarray(input).reshape(-1),
                       "target": np.ascontiguousarray(target).reshape(-1)}
@@ -126,7 +127,7 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
             raise TypeError(f"{name}: dtype {meta.dtype} differs from the input's {dtype}; "
                             f"on the GPU fastloss does not convert (no hidden copies)")
 
-    name, module = _dispatch.select(backend, x.on_gpu)
+    name, module = selected or _dispatch.select(backend, x.on_gpu)
     _check_values(loss, metas, module)
 
     if name == "numpy":
