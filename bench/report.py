@@ -251,11 +251,12 @@ def plot(run: Run, path: Path) -> bool:
         ax.set_ylabel("GB/s of input read")
         ax.set_title(f"{mode}, n = {fmt_n(big)} float32, mean")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend(ncol=len(backends) + 1, fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize="small")
     axes[-1].set_xticks(range(len(losses)))
     axes[-1].set_xticklabels([s.replace("_loss", "").replace("binary_cross_entropy", "bce")
                               for s in losses], rotation=20, ha="right")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))          # room for the legend above
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
