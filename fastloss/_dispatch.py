@@ -56,6 +56,9 @@ def is_gpu_array(obj) -> bool:
 
 def _load(name: str):
     """The backend module, or None with the reason recorded.  Imported once."""
+    module = _loaded.get(name)
+    if module is not None:      # the per-call path: no lock
+        return module
     with _lock:
         if name in _loaded:
             return _loaded[name]
@@ -103,14 +106,26 @@ def _check_name(name, what):
                          f"{', '.join(map(repr, BACKEND_NAMES))} or None")
 
 
+# os.environ.get costs ~1 µs (it encodes the key, decodes the value); the dict
+# behind os.environ, which os.environ keeps current, answers in ~50 ns.
+_ENVIRON_BYTES = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("FASTLOSS_BACKEND") if _ENVIRON_BYTES is not None else None
+
+
+def _environment_backend() -> str | None:
+    if _ENVIRON_BYTES is None:
+        return os.environ.get("FASTLOSS_BACKEND") or None
+    value = _ENVIRON_BYTES.get(_ENV_KEY)
+    return os.environ.decodevalue(value) or None if value is not None else None
+
+
 def select(backend: str | None, on_gpu: bool):
     """(name, module) of the backend for one call whose arrays are on the GPU or not."""
     source = "backend"
     if backend is None:
         backend, source = _context.get(), "use_backend()"
     if backend is None:
-        env = os.environ.get("FASTLOSS_BACKEND") or None
-        backend, source = env, "FASTLOSS_BACKEND"
+        backend, source = _environment_backend(), "FASTLOSS_BACKEND"
     if backend is None:
         candidates = ("cuda",) if on_gpu else ("c", "numba", "numpy")
         for name in candidates:
