@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 
+_NATIVE = []   # [module or None], filled on first use
+
+
 def _native():
-    try:
+    if not _NATIVE:
         from . import native
-    except ImportError:
-        return None
-    return native if native.unavailable_reason() is None else None
+        _NATIVE.append(native if native.unavailable_reason() is None else None)
+    return _NATIVE[0]
 
 
 def _describe(meta, flat_index):

@@ -14,7 +14,7 @@ from .. import _dispatch, reference
 from .._validate import (FLOAT_DTYPES, REDUCTIONS, ArrayMeta, check_bool, check_broadcastable, check_input,
                          check_open_unit, check_positive, check_real, check_reduction,
                          check_same_place, check_shape)
-from ..kernels import ElementwiseCall
+from ..kernels import ElementwiseCall, checks
 
 __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "log_cosh_loss", "quantile_loss",
@@ -77,8 +77,6 @@ def _gpu_layout(meta: ArrayMeta, shape, name, *, periodic: bool):
 
 def _check_values(loss: _Loss, metas: dict[str, ArrayMeta], module):
     """Value checks some losses need (probabilities in [0, 1], labels ±1)."""
-    from ..kernels import checks
-
     for name, bounds in (("input", loss.input_range), ("target", loss.target_range)):
         if bounds is not None:
             checks.require_within(metas[name], name, *bounds, gpu_module=module)
@@ -96,12 +94,14 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
     selected = None
     if (weight is None and param is None and type(input) is np.ndarray
             and type(target) is np.ndarray and input.dtype in FLOAT_DTYPES
-            and target.dtype == input.dtype and input.shape == target.shape
-            and loss.input_range is None and loss.target_range is None and not loss.target_pm1):
+            and target.dtype == input.dtype and input.shape == target.shape):
         # The common case, checked in a few cheap tests: two host arrays of one
-        # float dtype and shape, nothing to broadcast or convert, no value checks.
+        # float dtype and shape, nothing to broadcast or convert.
         selected = name, module = _dispatch.select(backend, False)
         if name != "numpy":
+            if loss.input_range or loss.target_range or loss.target_pm1:
+                _check_values(loss, {"input": ArrayMeta(input, "input"),
+                                     "target": ArrayMeta(target, "target")}, module)
             arrays = {"input": np.ascontiguousarray(input).reshape(-1),
                       "target": np.ascontiguousarray(target).reshape(-1)}
             return _launch(loss, module, arrays, None, input.shape, input.dtype, False,
