@@ -50,6 +50,24 @@ def _blocks(n: int) -> int:
     return max(1, min(most, (n + threads - 1) // threads))
 
 
+@cuda.jit(device=True)
+def _block_sum(shared, s):
+    """The block's sum of every thread's ``s``, added in a fixed tree order
+    (blockDim.x a power of two); every thread gets the result."""
+    tid = cuda.threadIdx.x
+    shared[tid] = s
+    cuda.syncthreads()
+    step = cuda.blockDim.x // 2
+    while step > 0:
+        if tid < step:
+            shared[tid] += shared[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    total = shared[0]
+    cuda.syncthreads()   # the buffer may be reused after this
+    return total
+
+
 def _build_shared():
     """Kernels every loss shares: finishing a sum, scanning values."""
     threads, _ = _geometry()
@@ -58,20 +76,12 @@ def _build_shared():
     def finish_sum(partials, scale, result):
         # one block: each thread sums a strided slice, then a fixed tree
         shared = cuda.shared.array(threads, float64)
-        tid = cuda.threadIdx.x
         s = 0.0
-        for k in range(tid, partials.size, threads):
+        for k in range(cuda.threadIdx.x, partials.size, threads):
             s += partials[k]
-        shared[tid] = s
-        cuda.syncthreads()
-        step = threads // 2
-        while step > 0:
-            if tid < step:
-                shared[tid] += shared[tid + step]
-            cuda.syncthreads()
-            step //= 2
-        if tid == 0:
-            result[0] = shared[0] * scale
+        total = _block_sum(shared, s)
+        if cuda.threadIdx.x == 0:
+            result[0] = total * scale
 
     @cuda.jit
     def first_bad(x, lo, hi, pm1, partials):
@@ -109,7 +119,6 @@ def _elementwise_kernel(fn):
     def kernel(x, y, w, a, has_w, has_a, p0, p1, out, grad, want_out, want_grad, grad_scale,
                partials):
         shared = cuda.shared.array(threads, float64)
-        tid = cuda.threadIdx.x
         n = x.size
         nw = w.size
         na = a.size
@@ -130,16 +139,9 @@ def _elementwise_kernel(fn):
             if want_grad:
                 grad[i] = deriv * grad_scale
             i += cuda.gridsize(1)
-        shared[tid] = s
-        cuda.syncthreads()
-        step = threads // 2
-        while step > 0:
-            if tid < step:
-                shared[tid] += shared[tid + step]
-            cuda.syncthreads()
-            step //= 2
-        if tid == 0:
-            partials[cuda.blockIdx.x] = shared[0]
+        total = _block_sum(shared, s)
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = total
 
     return kernel
 
