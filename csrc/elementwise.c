@@ -345,19 +345,21 @@ int fl_math(int fn, int dtype, const void *x, void *y, int64_t n)
 }
 
 /* ---- value checks ---------------------------------------------------------------- */
-/* Per block, a vectorised OR of "bad" flags; only a block with a bad value is
- * scanned again for the first index.  Comparisons in double: exact for float
- * inputs and any double bounds. */
+/* The scan runs over the same fixed units as the kernels, on the pool; each
+ * unit records its first bad index and the first unit that has one wins, so
+ * the answer is the first bad index whatever the threads.  Within a unit, per
+ * block, a vectorised OR of "bad" flags; only a block with a bad value is
+ * scanned again for the position.  Comparisons in T (bounds cast to T, exact
+ * for the 0 and 1 the losses use): converting to double stops GCC vectorising. */
 #define FIND_BLOCK 4096
-/* Compares in T (bounds cast to T, exact for the 0 and 1 the losses use):
- * a float-to-double conversion in the scan stops GCC vectorising it. */
-#define FIND_LOOP(T, BAD)                                                     \
-    do {                                                                      \
-        const T *restrict v = x;                                              \
-        const T lo_t = (T)lo, hi_t = (T)hi;                                   \
-        (void)lo_t, (void)hi_t;                                               \
-        for (int64_t off = 0; off < n; off += FIND_BLOCK) {                   \
-            int64_t m = n - off < FIND_BLOCK ? n - off : FIND_BLOCK;          \
+enum { CHECK_RANGE, CHECK_PM1 };
+
+#define FIND_IN(T, BAD)                                                       \
+    static int64_t find_in_##T(const T *restrict v, int64_t off, int64_t end, \
+                               T lo, T hi)                                    \
+    {                                                                         \
+        for (; off < end; off += FIND_BLOCK) {                                \
+            int64_t m = end - off < FIND_BLOCK ? end - off : FIND_BLOCK;      \
             int bad = 0;                                                      \
             for (int64_t i = 0; i < m; i++) {                                 \
                 T t = v[off + i];                                             \
@@ -371,28 +373,55 @@ int fl_math(int fn, int dtype, const void *x, void *y, int64_t n)
                 }                                                             \
         }                                                                     \
         return -1;                                                            \
-    } while (0)
+    }
+/* lo > hi marks the ±1 check (one function per dtype keeps the loops simple) */
+#define BAD_VALUE (lo <= hi ? (!(t >= lo) | !(t <= hi)) /* NaN fails both */ \
+                            : ((t != 1) & (t != -1)))
+FIND_IN(float, BAD_VALUE)
+FIND_IN(double, BAD_VALUE)
+#undef BAD_VALUE
 
-/* dtype errors: -2 (no index is negative otherwise) */
+typedef struct {
+    int dtype;
+    const void *x;
+    int64_t n;
+    double lo, hi;
+    int64_t *first; /* per unit */
+} scan_job;
+
+static void scan_unit(void *ctx, int64_t u)
+{
+    const scan_job *J = ctx;
+    int64_t off = u * FL_UNIT, end = off + FL_UNIT < J->n ? off + FL_UNIT : J->n;
+    J->first[u] = J->dtype == 0 ? find_in_float(J->x, off, end, (float)J->lo, (float)J->hi)
+                                : find_in_double(J->x, off, end, J->lo, J->hi);
+}
+
+static int64_t scan(int dtype, const void *x, int64_t n, double lo, double hi)
+{
+    if (dtype != 0 && dtype != 1)
+        return -2; /* dtype errors: -2 (no index is negative otherwise) */
+    const int64_t units = (n + FL_UNIT - 1) / FL_UNIT;
+    int64_t small[64];
+    int64_t *first = units <= 64 ? small : malloc((size_t)units * sizeof(int64_t));
+    if (!first)
+        return dtype == 0 ? find_in_float(x, 0, n, (float)lo, (float)hi)
+                          : find_in_double(x, 0, n, lo, hi);
+    scan_job J = {dtype, x, n, lo, hi, first};
+    fl_parallel_for(scan_unit, &J, units, fl_threads_for(n));
+    int64_t found = -1;
+    for (int64_t u = 0; u < units && found < 0; u++)
+        found = first[u];
+    if (first != small)
+        free(first);
+    return found;
+}
+
 int64_t fl_find_outside(int dtype, const void *x, int64_t n, double lo, double hi)
 {
-#define OUTSIDE (!(t >= lo_t) | !(t <= hi_t)) /* NaN fails both */
-    if (dtype == 0)
-        FIND_LOOP(float, OUTSIDE);
-    if (dtype == 1)
-        FIND_LOOP(double, OUTSIDE);
-#undef OUTSIDE
-    return -2;
+    if (!(lo <= hi)) /* an empty range: everything is outside */
+        return n > 0 ? 0 : -1;
+    return scan(dtype, x, n, lo, hi);
 }
 
-int64_t fl_find_not_pm1(int dtype, const void *x, int64_t n)
-{
-    const double lo = 0, hi = 0; /* unused by this check */
-#define NOT_PM1 ((t != 1) & (t != -1))
-    if (dtype == 0)
-        FIND_LOOP(float, NOT_PM1);
-    if (dtype == 1)
-        FIND_LOOP(double, NOT_PM1);
-#undef NOT_PM1
-    return -2;
-}
+int64_t fl_find_not_pm1(int dtype, const void *x, int64_t n) { return scan(dtype, x, n, 1, 0); }
