@@ -15,13 +15,8 @@ targets provide, and replaceable per target through :func:`compile_for`
 import math
 
 LN2 = math.log(2.0)
-NAN = math.nan
 PRIMITIVES = ("exp", "log", "log1p", "expm1", "tanh")
 exp, log, log1p, expm1, tanh = math.exp, math.log, math.log1p, math.expm1, math.tanh
-
-
-def _softplus(z):
-    return max(z, 0.0) + log1p(exp(-abs(z)))
 
 
 def _sign(d):
@@ -144,7 +139,7 @@ def hinge(x, y, a, p0, p1):
 #: kernel name -> scalar function, in the C table's order
 LOSSES = {f.__name__: f for f in (mse, l1, huber, smooth_l1, log_cosh, quantile, bce,
                                   bce_logits, sigmoid_focal, hinge)}
-HELPERS = (_softplus, _sign, _logaddexp)
+HELPERS = (_sign, _logaddexp)
 
 
 def compile_for(jit, primitives=None):
@@ -155,7 +150,7 @@ def compile_for(jit, primitives=None):
     import builtins
     import types
 
-    namespace = {"math": math, "LN2": LN2, "NAN": NAN, "__builtins__": builtins}
+    namespace = {"math": math, "LN2": LN2, "__builtins__": builtins}
     namespace.update({name: globals()[name] for name in PRIMITIVES})
     namespace.update(primitives or {})
 
