@@ -4,8 +4,28 @@ can run here) and one entry point per loop shape, e.g.
 :mod:`fastloss._dispatch`."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+
+class BuildOnce:
+    """Kernels compiled lazily, once: ``get(key, build)`` runs ``build()`` the
+    first time ``key`` is asked for (under a re-entrant lock, so a build may
+    ask for another key); later lookups take no lock."""
+
+    def __init__(self):
+        self._items: dict = {}
+        self._lock = threading.RLock()
+
+    def get(self, key, build: Callable[[], Any]):
+        item = self._items.get(key)
+        if item is None:
+            with self._lock:
+                item = self._items.get(key)
+                if item is None:
+                    item = self._items[key] = build()
+        return item
 
 
 @dataclass(slots=True)

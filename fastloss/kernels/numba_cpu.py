@@ -21,17 +21,16 @@ on one thread each.
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
+
+from . import BuildOnce
 
 BLOCK = 16384   # elements per block: the unit of work and of summation
 CHUNK = 1024    # elements per inner pass: the scratch buffers stay in L1
 LANES = 8       # float64 accumulators per block, folded in a fixed order
 
-_lock = threading.Lock()
-_kernels: dict[tuple[str, bool, bool, bool], object] = {}
-_scalar = None
+_built = BuildOnce()
 _threads_started = False   # the parallel runtime ran in this process
 _forked_child = False      # ... in the parent of this process: run serially
 
@@ -132,23 +131,17 @@ def _elementwise_kernel(fn, parallel, want_grad, has_a):
     return kernel
 
 
-def _kernel(loss: str, parallel: bool, want_grad: bool, has_a: bool):
-    global _scalar
-    key = (loss, parallel, want_grad, has_a)
-    kernel = _kernels.get(key)
-    if kernel is None:
-        with _lock:
-            kernel = _kernels.get(key)
-            if kernel is None:
-                import numba
+def _scalar_math():
+    import numba
 
-                from . import _math, _numba_vmath
-                if _scalar is None:
-                    _scalar = _math.compile_for(numba.njit(inline="always", error_model="numpy"),
-                                                _numba_vmath.PRIMITIVES)
-                kernel = _kernels[key] = _elementwise_kernel(_scalar[loss], parallel,
-                                                             want_grad, has_a)
-    return kernel
+    from . import _math, _numba_vmath
+    return _built.get("scalar", lambda: _math.compile_for(
+        numba.njit(inline="always", error_model="numpy"), _numba_vmath.PRIMITIVES))
+
+
+def _kernel(loss: str, parallel: bool, want_grad: bool, has_a: bool):
+    return _built.get((loss, parallel, want_grad, has_a), lambda: _elementwise_kernel(
+        _scalar_math()[loss], parallel, want_grad, has_a))
 
 
 def _apply_thread_count():

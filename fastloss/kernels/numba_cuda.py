@@ -13,17 +13,14 @@ with small grids (one Python thread per CUDA thread).
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 # Imported at module level (this module loads only when the backend is first
 # used): the simulator swaps the module-global ``cuda`` inside kernels.
 from numba import cuda, float64, int64
 
-_lock = threading.RLock()
-_kernels: dict[str, tuple] = {}
-_scalar = None
-_shared = None
+from . import BuildOnce
+
+_built = BuildOnce()
 
 
 def _simulated() -> bool:
@@ -150,29 +147,24 @@ def _identity(x, y, a, p0, p1):
     return x, 0.0
 
 
+def _scalar_math():
+    from . import _math
+
+    def build():
+        scalar = _math.compile_for(cuda.jit(device=True))
+        scalar["_identity"] = cuda.jit(device=True)(_identity)
+        return scalar
+    return _built.get("scalar", build)
+
+
 def _get(loss: str):
     """(kernel, finish_sum, first_bad), compiled lazily once."""
-    global _scalar, _shared
-    entry = _kernels.get(loss)
-    if entry is None:
-        with _lock:
-            entry = _kernels.get(loss)
-            if entry is None:
-                from . import _math
-                if _scalar is None:
-                    _scalar = _math.compile_for(cuda.jit(device=True))
-                    _scalar["_identity"] = cuda.jit(device=True)(_identity)
-                entry = _kernels[loss] = (_elementwise_kernel(_scalar[loss]),) + _shared_kernels()
-    return entry
+    return _built.get(loss, lambda: (_elementwise_kernel(_scalar_math()[loss]),)
+                      + _shared_kernels())
 
 
 def _shared_kernels():
-    global _shared
-    if _shared is None:
-        with _lock:
-            if _shared is None:
-                _shared = _build_shared()
-    return _shared
+    return _built.get("shared", _build_shared)
 
 
 def _as_device(array):
