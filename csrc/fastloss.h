@@ -13,6 +13,11 @@
     X(mse) X(l1) X(huber) X(smooth_l1) X(log_cosh) X(quantile) \
     X(bce) X(bce_logits) X(sigmoid_focal) X(hinge)
 
+/* The row-wise (multi-class) kernels, in the order of fl_row_name(). */
+#define FL_ROWWISE_LOSSES(X) \
+    X(cross_entropy) X(cross_entropy_prob) X(nll) X(softmax_focal) X(multi_margin) \
+    X(crammer_singer)
+
 /* FL_CDEF_BEGIN */
 /* Arguments of one elementwise call.  Every array holds n elements of the
  * call's dtype, contiguous.  Pointers that may be NULL say so. */
@@ -34,6 +39,38 @@ int fl_ew_count(void);
 const char *fl_ew_name(int loss);
 /* dtype: 0 float32, 1 float64.  Returns 0, or -1 for a bad loss/dtype, -2 out of memory. */
 int fl_elementwise(int loss, int dtype, fl_ew_args *args);
+
+/* Arguments of one row-wise call.  `input` holds n*classes*inner elements
+ * of the dtype, contiguous, read as (N, C, S): element (i, c, s) at
+ * (i*C + c)*S + s.  A row is one (i, s): N*S rows, row r = i*S + s.  The
+ * per-row formulas are in rowwise.c. */
+typedef struct {
+    const void *input;
+    const void *target;     /* labels (label_type), or probabilities like input */
+    int label_type;         /* 0 int32, 1 int64, 2 uint8 */
+    const double *weight;   /* classes weights, or NULL: 1 */
+    const double *alpha;    /* softmax_focal: classes alphas, or NULL: p0 */
+    int64_t n, classes, inner;
+    int64_t ignore_index;
+    double smoothing, z_loss;
+    double p0, p1;          /* meaning per loss (see rowwise.c) */
+    void *out;              /* if not NULL: the N*S row values (in the dtype) */
+    void *grad;             /* if not NULL: grad_scale * d(sum of rows)/d input */
+    double grad_scale;
+    int want_total;         /* if not 0: total = sum of the row values, float64, deterministic */
+    double total;
+} fl_row_args;
+
+int fl_row_count(void);
+const char *fl_row_name(int loss);
+/* Returns 0, -1 for a bad loss/dtype/label type, -2 out of memory. */
+int fl_rowwise(int loss, int dtype, fl_row_args *args);
+/* Label check: the first index r < n with labels[r] outside [0, classes) and
+ * != ignore_index, or -1 if none; then *count = the labels != ignore_index and
+ * *weight_sum = the sum of weight[label] over them (= count without weight). */
+int64_t fl_scan_labels(int label_type, const void *labels, int64_t n, int64_t classes,
+                       int64_t ignore_index, const double *weight, double *weight_sum,
+                       int64_t *count);
 
 /* Threads: n <= 0 restores the default (OMP_NUM_THREADS, else the CPUs this
  * process may run on).  Returns the count in effect. */

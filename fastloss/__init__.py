@@ -16,6 +16,8 @@ from ._dispatch import BackendInfo, BackendUnavailable, backends, use_backend
 from .losses.elementwise import (binary_cross_entropy, binary_cross_entropy_with_logits,
                                  hinge_loss, huber_loss, l1_loss, log_cosh_loss, mse_loss,
                                  quantile_loss, sigmoid_focal_loss, smooth_l1_loss)
+from .losses.multiclass import (cross_entropy, multi_margin_loss, multiclass_hinge_loss, nll_loss,
+                                softmax_focal_loss)
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,8 @@ __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "log_cosh_loss", "quantile_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
     "hinge_loss",
+    "cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
+    "multiclass_hinge_loss",
     "backends", "use_backend", "BackendInfo", "BackendUnavailable",
     "set_num_threads", "get_num_threads", "isa", "set_isa", "reference", "__version__",
 ]

@@ -180,3 +180,234 @@ def hinge_loss(input, target, *, weight=None, margin=1.0, squared=False, reducti
     grad = np.where(nan, np.nan, grad)
     values = np.where(nan, np.nan, values)
     return _reduce(values, grad, _f64(weight), reduction, return_grad)
+
+
+# ---------------------------------------------------------------------------
+# Multi-class (row-wise) losses.
+#
+# Shapes follow PyTorch: input (N, C), (N, C, d1, ..., dk) with the class axis 1, or (C,)
+# with a 0-d target.  Internally the class axis is moved last, so every function works on
+# an array of rows (..., C); ``reduction="none"`` returns the target's shape (the input's
+# shape without the class axis, 0-d for a (C,) input) and the gradient has the input's
+# shape.  Everything is materialised in full (one-hot matrices, the whole log-softmax):
+# this is the readable derivation, not the fast one.
+# ---------------------------------------------------------------------------
+
+__all__ += [
+    "cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
+    "multiclass_hinge_loss",
+]
+
+
+def _class_last(a):
+    """(N, C, d...) -> (N, d..., C); a (C,) vector -> (1, C)."""
+    a = np.asarray(a)
+    return a[None, :] if a.ndim == 1 else np.moveaxis(a, 1, -1)
+
+
+def _labels_last(target, input_ndim):
+    """Index targets to the rows' shape: a 0-d target of a (C,) input -> (1,)."""
+    y = np.asarray(target)
+    return y[None] if input_ndim == 1 else y
+
+
+def _class_back(grad, input_ndim):
+    return grad[0] if input_ndim == 1 else np.moveaxis(grad, -1, 1)
+
+
+def _log_softmax(x):
+    """log-softmax over the last axis and the log-sum-exp, shifted by the row max."""
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    lse = m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+    return x - lse, lse[..., 0]
+
+
+def _labels(y, classes, ignore_index=None):
+    """(valid mask, labels with ignored ones replaced by 0, one-hot (..., C) of the valid ones)."""
+    valid = np.ones(y.shape, dtype=bool) if ignore_index is None else (y != ignore_index)
+    safe = np.where(valid, y, 0).astype(np.intp)
+    onehot = np.eye(classes, dtype=np.float64)[safe] * valid[..., None]
+    return valid, safe, onehot
+
+
+def _reduce_rows(values, grad, reduction, denom, valid, input_ndim, return_grad):
+    """Reduce per-row values; ``grad`` is d(sum of values)/d(rows), shaped (..., C).
+
+    ``mean`` divides by ``denom``.  When that is 0 the mean is nan -- also when label
+    smoothing or the z-loss make the numerator nonzero (torch: (1-eps) * (0/0) + ... = nan);
+    its gradient is 0 on ignored rows (nothing flows there) and nan on the rows that do
+    count, which is what PyTorch's cross_entropy gives for a zero weight sum.  With every
+    row ignored the gradient is therefore all zeros.
+    """
+    if reduction == "none":
+        out = values[0] if input_ndim == 1 else values
+    elif reduction == "sum":
+        out = np.float64(values.sum())
+    else:  # mean
+        denom = np.float64(denom)
+        if denom == 0:
+            out = np.float64(np.nan)
+            grad = np.where(valid[..., None], np.nan, np.zeros_like(grad))
+        else:
+            out = np.float64(values.sum()) / denom
+            grad = grad / denom
+    if not return_grad:
+        return out
+    return out, _class_back(grad, input_ndim)
+
+
+def _weighted_soft_ce(logits, q, zmask, z_loss):
+    """Rows of  -sum_c q_c log softmax(x)_c + z * zmask * lse^2  and their gradient.
+
+    With Q = sum_c q_c, the first term is Q*lse - sum_c q_c x_c, so its gradient is
+    Q*softmax(x) - q; the z-term adds 2 z lse softmax(x).
+    """
+    logp, lse = _log_softmax(logits)
+    p = np.exp(logp)
+    zl = z_loss * zmask
+    values = -np.sum(q * logp, axis=-1) + zl * lse * lse
+    grad = (np.sum(q, axis=-1) + 2.0 * zl * lse)[..., None] * p - q
+    return values, grad
+
+
+def cross_entropy(input, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  z_loss=0.0, reduction="mean", return_grad=False):
+    """torch.nn.functional.cross_entropy (2.13), plus an optional z-loss z * lse^2 per row.
+
+    Both target kinds are a class-weight vector ``q`` per row, loss_row = -sum_c q_c log p_c:
+      index y:        q = (1 - eps) w_y onehot(y) + (eps / C) w   (0 on ignored rows);
+                      mean divides by sum of w_y over the rows not ignored;
+      probabilities:  q = w * ((1 - eps) t + eps / C);  mean divides by the number of rows.
+    The z-loss is unweighted, skipped on ignored rows and shares the CE term's denominator.
+    """
+    x_in = _f64(input)
+    ndim = x_in.ndim
+    x = _class_last(x_in)
+    C = x.shape[-1]
+    w = np.ones(C) if weight is None else _f64(weight)
+    eps = float(label_smoothing)
+    t = np.asarray(target)
+    if t.shape == x_in.shape:                                   # class probabilities
+        t = _class_last(_f64(t))
+        q = w * ((1.0 - eps) * t + eps / C)
+        valid = np.ones(x.shape[:-1], dtype=bool)
+        denom = valid.size
+    else:                                                       # class indices
+        valid, safe, onehot = _labels(_labels_last(t, ndim), C, ignore_index)
+        w_y = w[safe] * valid
+        q = (1.0 - eps) * w_y[..., None] * onehot + (eps / C) * w * valid[..., None]
+        denom = w_y.sum()
+    values, grad = _weighted_soft_ce(x, q, valid.astype(np.float64), float(z_loss))
+    return _reduce_rows(values, grad, reduction, denom, valid, ndim, return_grad)
+
+
+def nll_loss(input, target, *, weight=None, ignore_index=-100, reduction="mean",
+             return_grad=False):
+    """torch.nn.functional.nll_loss: loss_row = -w_y * input[y] on log-probabilities."""
+    x_in = _f64(input)
+    ndim = x_in.ndim
+    x = _class_last(x_in)
+    C = x.shape[-1]
+    w = np.ones(C) if weight is None else _f64(weight)
+    valid, safe, onehot = _labels(_labels_last(target, ndim), C, ignore_index)
+    w_y = w[safe] * valid
+    picked = np.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
+    values = np.where(valid, -w_y * picked, 0.0)
+    if reduction == "mean":
+        # written out: the gradient of sum(-w_y x_y) / sum(w_y) is -w_y / sum(w_y) at the
+        # target entries only (a zero weight sum makes just those entries nan, as in torch)
+        denom = np.float64(w_y.sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.float64(values.sum()) / denom
+            grad = np.where(onehot > 0, (-w_y / denom)[..., None], 0.0)
+        return (out, _class_back(grad, ndim)) if return_grad else out
+    grad = -w_y[..., None] * onehot
+    return _reduce_rows(values, grad, reduction, None, valid, ndim, return_grad)
+
+
+def softmax_focal_loss(input, target, *, alpha=None, gamma=2.0, weight=None,
+                       ignore_index=-100, reduction="mean", return_grad=False):
+    """Multi-class focal loss on logits: loss_row = -a (1 - p_y)^gamma log p_y, a = alpha_y w_y.
+
+    alpha: None (1), a scalar, or a (C,) array indexed by the label.  ``mean`` divides by
+    the number of rows not ignored.  In log space: L = log p_y = x_y - lse, u = 1 - p_y =
+    -expm1(L).  With dL/dx = onehot - p and du/dx = -p_y dL/dx,
+        d(-u^g L)/dx = -(u^g - g p_y u^(g-1) L) dL/dx = u^g (1 + g p_y rho) (p - onehot),
+    rho = -L/u = -log(1 - u)/u, which tends to 1 as u -> 0 (a saturated correct logit),
+    so the gradient stays finite there for every gamma >= 0 (and is 0 there for gamma > 0).
+    """
+    x_in = _f64(input)
+    ndim = x_in.ndim
+    x = _class_last(x_in)
+    C = x.shape[-1]
+    w = np.ones(C) if weight is None else _f64(weight)
+    valid, safe, onehot = _labels(_labels_last(target, ndim), C, ignore_index)
+    if alpha is None:
+        alpha_y = np.ones(safe.shape)
+    else:
+        alpha = _f64(alpha)
+        alpha_y = alpha[safe] if alpha.ndim == 1 else np.broadcast_to(alpha, safe.shape)
+    a = alpha_y * w[safe] * valid
+
+    logp, _ = _log_softmax(x)
+    p = np.exp(logp)
+    L = np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    u = -np.expm1(L)
+    g = float(gamma)
+    mod = u ** g                          # 0 ** 0 == 1
+    values = np.where(valid, -a * mod * L, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(u > 0, -L / u, 1.0)
+    factor = a * mod * (1.0 + g * np.exp(L) * rho)
+    grad = factor[..., None] * (p - onehot)
+    grad = np.where(valid[..., None], grad, 0.0)
+    return _reduce_rows(values, grad, reduction, valid.sum(), valid, ndim, return_grad)
+
+
+def multi_margin_loss(input, target, *, p=1, margin=1.0, weight=None, reduction="mean",
+                      return_grad=False):
+    """torch.nn.functional.multi_margin_loss: sum_{c != y} w_y max(0, margin - x_y + x_c)^p / C.
+
+    ``mean`` divides by the number of rows (not by weights).  Subgradient 0 at a hinge of
+    exactly 0.
+    """
+    x_in = _f64(input)
+    ndim = x_in.ndim
+    x = _class_last(x_in)
+    C = x.shape[-1]
+    w = np.ones(C) if weight is None else _f64(weight)
+    valid, safe, onehot = _labels(_labels_last(target, ndim), C)
+    x_y = np.take_along_axis(x, safe[..., None], axis=-1)
+    z = margin - x_y + x                                   # (..., C); z_y = margin, masked
+    active = (z > 0) & (onehot == 0)
+    h = np.where(active, z if p == 1 else z * z, 0.0)
+    dh = np.where(active, 1.0 if p == 1 else 2.0 * z, 0.0)  # d h_c / d x_c  (= -d h_c / d x_y)
+    w_y = w[safe][..., None]
+    values = np.sum(w_y * h, axis=-1) / C
+    dc = w_y * dh / C
+    grad = dc - onehot * np.sum(dc, axis=-1, keepdims=True)
+    return _reduce_rows(values, grad, reduction, values.size, valid, ndim, return_grad)
+
+
+def multiclass_hinge_loss(input, target, *, margin=1.0, reduction="mean", return_grad=False):
+    """Crammer-Singer hinge: max(0, margin + max_{c != y} x_c - x_y); 0 when C = 1.
+
+    The (sub)gradient where the loss is > 0 is +1 at the first c != y attaining the max and
+    -1 at y; 0 elsewhere and where the loss is 0.  ``mean`` divides by the number of rows.
+    """
+    x_in = _f64(input)
+    ndim = x_in.ndim
+    x = _class_last(x_in)
+    C = x.shape[-1]
+    valid, safe, onehot = _labels(_labels_last(target, ndim), C)
+    others = np.where(onehot > 0, -np.inf, x)
+    k = np.argmax(others, axis=-1)                         # first index of the max
+    m = np.take_along_axis(others, k[..., None], axis=-1)[..., 0]
+    x_y = np.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore"):
+        h = margin + m - x_y
+    active = h > 0
+    values = np.where(active, h, 0.0)
+    grad = (np.eye(C)[k] - onehot) * active[..., None]
+    return _reduce_rows(values, grad, reduction, values.size, valid, ndim, return_grad)

@@ -50,3 +50,48 @@ class ElementwiseCall:
     want_grad: bool           # grad_scale * weight * d loss / d input
     grad_scale: float
     total_scale: float        # value = total_scale * sum(weight * loss)
+
+
+#: row-wise kernel names (see RowwiseCall)
+ROWWISE_KERNELS = ("cross_entropy", "cross_entropy_prob", "nll", "softmax_focal",
+                   "multi_margin", "crammer_singer")
+
+
+@dataclass(slots=True)
+class RowwiseCall:
+    """One row-wise (multi-class) kernel call, already validated and laid out.
+
+    ``input`` is flat and contiguous, ``n * classes * inner`` elements of one
+    float dtype, read as (N, C, S): element (i, c, s) at ``(i*C + c)*S + s``.
+    A *row* is one (i, s) pair, ``n * inner`` rows in all, row r = i*S + s;
+    its C values are ``inner`` apart (S = 1: contiguous rows).
+
+    ``target``: for ``cross_entropy_prob`` probabilities laid out like the
+    input (same dtype); otherwise class labels, flat (n * inner,) of dtype
+    int32, int64 or uint8, each in [0, C) or equal to ``ignore_index``
+    (checked before the call).  ``weight`` / ``alpha``: None or (C,) float
+    arrays (float64 on the host; any float dtype on the GPU).
+
+    The per-row value and the gradient of each kernel are written out in
+    ``docs``-style comments next to the kernels (csrc/rowwise.c,
+    kernels/_rowmath.py); every backend computes the same formulas.
+    Ignored rows have value 0 and a zero gradient row.
+    """
+
+    loss: str                 # one of ROWWISE_KERNELS
+    input: Any
+    target: Any
+    n: int                    # N
+    classes: int              # C
+    inner: int                # S = d1 * ... * dk (1 for (N, C) input)
+    weight: Any | None
+    alpha: Any | None         # softmax_focal: per-class alpha, else p0 is the alpha
+    ignore_index: int
+    smoothing: float          # cross_entropy: label smoothing epsilon
+    z_loss: float             # cross_entropy: coefficient of lse^2
+    p0: float                 # softmax_focal: scalar alpha; multi_margin / crammer_singer: margin
+    p1: float                 # softmax_focal: gamma; multi_margin: p (1 or 2)
+    want_out: bool            # per-row values (n * inner,) in the input dtype
+    want_grad: bool           # grad_scale * d(sum of row values)/d input, like input
+    grad_scale: float
+    total_scale: float        # value = total_scale * sum of row values

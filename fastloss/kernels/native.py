@@ -27,6 +27,10 @@ def unavailable_reason():
 if _native is not None:
     ffi, lib = _native.ffi, _native.lib
     _LOSS_IDS = {ffi.string(lib.fl_ew_name(i)).decode(): i for i in range(lib.fl_ew_count())}
+    _ROW_IDS = {ffi.string(lib.fl_row_name(i)).decode(): i for i in range(lib.fl_row_count())}
+
+#: label dtypes the C kernels read directly (others are converted to int64 first)
+_LABEL_TYPES = {np.dtype(np.int32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2}
 
 
 def elementwise(call):
@@ -60,6 +64,63 @@ def elementwise(call):
     if rc != 0:
         raise RuntimeError(f"fastloss C kernel {call.loss!r} failed with code {rc}")
     return args.total * call.total_scale, out, grad
+
+
+def _labels(target):
+    """Labels as one of the dtypes the C code reads (a copy only for the others)."""
+    if target.dtype not in _LABEL_TYPES:
+        target = target.astype(np.int64)
+    return target, _LABEL_TYPES[target.dtype]
+
+
+def rowwise(call):
+    x = call.input
+    dtype = x.dtype
+    rows = call.n * call.inner
+    args = ffi.new("fl_row_args *")
+    xb = ffi.from_buffer(x)
+    args.input = xb
+    if call.loss == "cross_entropy_prob":
+        target, label_type = call.target, 0
+    else:
+        target, label_type = _labels(call.target)
+    tb = ffi.from_buffer(target)
+    args.target, args.label_type = tb, label_type
+    wb = ab = ob = gb = out = grad = None
+    if call.weight is not None:
+        args.weight = wb = ffi.from_buffer("double[]", call.weight)
+    if call.alpha is not None:
+        args.alpha = ab = ffi.from_buffer("double[]", call.alpha)
+    args.n, args.classes, args.inner = call.n, call.classes, call.inner
+    args.ignore_index = call.ignore_index
+    args.smoothing, args.z_loss = call.smoothing, call.z_loss
+    args.p0, args.p1 = call.p0, call.p1
+    if call.want_out:
+        out = np.empty(rows, dtype)
+        args.out = ob = ffi.from_buffer(out)
+    args.want_total = 1
+    if call.want_grad:
+        grad = np.empty(x.size, dtype)
+        args.grad = gb = ffi.from_buffer(grad)
+    args.grad_scale = call.grad_scale
+    rc = lib.fl_rowwise(_ROW_IDS[call.loss], _DTYPE_IDS[dtype], args)
+    del xb, tb, wb, ab, ob, gb
+    if rc == -2:
+        raise MemoryError("fastloss C kernel: out of memory")
+    if rc != 0:
+        raise RuntimeError(f"fastloss C kernel {call.loss!r} failed with code {rc}")
+    return args.total * call.total_scale, out, grad
+
+
+def scan_labels(target, classes, ignore_index, weight):
+    """(first bad index or -1, sum of weight[label] over valid labels, their count)."""
+    target, label_type = _labels(target)
+    weight_sum = ffi.new("double *")
+    count = ffi.new("int64_t *")
+    wb = ffi.NULL if weight is None else ffi.from_buffer("double[]", weight)
+    first = lib.fl_scan_labels(label_type, ffi.from_buffer(target), target.size, classes,
+                               ignore_index, wb, weight_sum, count)
+    return int(first), float(weight_sum[0]), int(count[0])
 
 
 def first_outside(flat, lo, hi) -> int:

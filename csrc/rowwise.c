@@ -1,0 +1,363 @@
+/* rowwise.c -- multi-class losses: one value per row of C class scores.
+ *
+ * Layout (fl_row_args): the input is (N, C, S), a row is one (i, s), its C
+ * values S apart.  Two loop shapes, chosen by the shape:
+ *  - S = 1, contiguous rows: per row, the statistics in one pass over memory
+ *    (segments of RW_SEG values; per segment its max, then the sum of
+ *    exp(x - max) from cache; segments folded in order with a running max:
+ *    an online log-sum-exp), then the gradient in a second pass over the row,
+ *    still in cache.  Long rows with few of them are split: the segments of
+ *    all rows run on the threads, then the gradients; the same segments and
+ *    the same fold give the same bits as the fused loop.
+ *  - S > 1, strided class axis (segmentation): tiles of B positions of one
+ *    sample, loops over the classes outside and the positions inside, so
+ *    every inner loop is contiguous; nothing is transposed.
+ * No softmax, one-hot or (N, C) temporary is ever made: extra memory is
+ * O(N) (the split path) or a fixed per-thread workspace.
+ *
+ * Per row (float64; lse = log sum_c exp x_c, p_c = exp(x_c - lse), y the
+ * label, w the class weights or 1, W = sum_c w_c, gs = grad_scale; a row whose
+ * label is ignore_index has value 0 and a zero gradient):
+ *  cross_entropy       (1-e) w_y (lse - x_y) + (e/C)(W lse - sum w_c x_c) + z lse^2
+ *                      g_c = gs (A p_c - (1-e) w_y [c=y] - (e/C) w_c),
+ *                      A = (1-e) w_y + (e/C) W + 2 z lse    (e = smoothing, z = z_loss)
+ *  cross_entropy_prob  t'_c = (1-e) t_c + e/C, Tw = sum w_c t'_c:
+ *                      Tw lse - sum w_c t'_c x_c + z lse^2,
+ *                      g_c = gs ((Tw + 2 z lse) p_c - w_c t'_c)
+ *  nll                 -w_y x_y,  g_c = -gs w_y [c=y]
+ *  softmax_focal       a = alpha_y w_y (alpha_y = alpha[y] or p0), gamma = p1,
+ *                      L = x_y - lse, u = 1 - p_y = -expm1(L):  -a u^gamma L,
+ *                      g_c = gs a F (p_c - [c=y]),  F = u^gamma (1 - gamma p_y L/u)
+ *                      (L/u -> -1 as u -> 0: finite at saturated logits, gamma < 1)
+ *  multi_margin        w_y sum_{c!=y} max(0, z_c)^p / C, z_c = p0 - x_y + x_c, p = p1
+ *  crammer_singer      max(0, p0 + max_{c!=y} x_c - x_y), gradient +gs at the first
+ *                      argmax, -gs at y
+ * Row sums are float64 and added in an order fixed by the shape (units of
+ * rows or tiles, in order), never by the threads. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastloss.h"
+#include "common.h"
+#include "vmath.h"
+
+#define FL_CAT_(a, b) a##_##b
+#define FL_CAT(a, b) FL_CAT_(a, b)
+#define FL_CAT3_(a, b, c) a##_##b##c
+#define FL_CAT3(a, b, c) FL_CAT3_(a, b, c)
+#define RW_NAME_(name, sfx, isa) name##_##sfx##_##isa
+#define RW_NAME(name, sfx, isa) RW_NAME_(name, sfx, isa)
+
+enum {
+#define X(name) RW_LOSS_##name,
+    FL_ROWWISE_LOSSES(X)
+#undef X
+    RW_NLOSS
+};
+#define RW_LOSS(name) RW_LOSS_##name
+static const char *const row_names[RW_NLOSS] = {
+#define X(name) #name,
+    FL_ROWWISE_LOSSES(X)
+#undef X
+};
+int fl_row_count(void) { return RW_NLOSS; }
+const char *fl_row_name(int loss) { return loss >= 0 && loss < RW_NLOSS ? row_names[loss] : NULL; }
+
+#define RW_SEG FL_UNIT   /* values per row segment */
+#define RW_TILE 256      /* most positions per tile */
+enum { RW_NEED_NONE, RW_NEED_WX, RW_NEED_PROB };
+enum { RW_PHASE_ROWS, RW_PHASE_TILES, RW_PHASE_SPLIT_STATS, RW_PHASE_SPLIT_GRAD };
+
+/* statistics of a segment, or of a row once folded: sum = sum exp(x - shift) */
+typedef struct {
+    double shift, sum, s1, s2;
+} rw_seg;
+
+/* a row's value and its gradient g_c = a1 exp(x_c - shift) - d w_c(t'_c) - b [c=y] */
+typedef struct {
+    double value, a1, b, d, shift;
+    int64_t y;
+    int ignored;
+} rw_coef;
+
+typedef struct {
+    const fl_row_args *A;
+    int loss, need, phase;
+    const void *wt;          /* the class weights in the dtype, or NULL */
+    double W;                /* their sum */
+    double keep, add;        /* probability targets: t' = keep t + add */
+    int64_t rows_per_unit;   /* RW_PHASE_ROWS */
+    int64_t tile, tiles;     /* RW_PHASE_TILES: positions per tile, tiles per sample */
+    int64_t nseg;            /* split phases: segments per row */
+    double *partials;        /* per unit */
+    rw_seg *segs;            /* split: per (row, segment) */
+    rw_coef *coefs;          /* split: per row */
+} rw_job;
+
+/* fold segment b into the row statistics a (first: a = b) */
+FL_INLINE void rw_fold(rw_seg *a, const rw_seg *b, int first)
+{
+    if (first) {
+        *a = *b;
+        return;
+    }
+    double m = b->shift > a->shift ? b->shift : a->shift;
+    a->sum = a->sum * exp(a->shift - m) + b->sum * exp(b->shift - m);
+    a->shift = m;
+    a->s1 += b->s1;
+    a->s2 += b->s2;
+}
+
+FL_INLINE int64_t rw_label(const fl_row_args *A, int64_t r)
+{
+    switch (A->label_type) {
+    case 0: return ((const int32_t *)A->target)[r];
+    case 1: return ((const int64_t *)A->target)[r];
+    default: return ((const uint8_t *)A->target)[r];
+    }
+}
+
+/* The value of a row and its gradient coefficients, from its statistics
+ * (the formulas at the top of this file): sum = sum_c exp(x_c - shift),
+ * logsum = log(sum), s1 / s2 as in rw_seg.  x_y, w_y and alpha_y are unused
+ * by the losses that do not need them.  Inline and branch-free for
+ * cross_entropy, so that the tiles' loop over rows vectorises. */
+FL_INLINE rw_coef rw_finish(const rw_job *J, double shift, double sum, double logsum, double s1,
+                            double s2, double xy, double wy, double alpha_y)
+{
+    const fl_row_args *A = J->A;
+    const double gs = A->grad_scale, C = (double)A->classes, z = A->z_loss;
+    const double lse = shift + logsum;
+    rw_coef k = {0};
+    k.shift = shift;
+    double coef; /* of p_c */
+    if (J->loss == RW_LOSS(cross_entropy)) {
+        const double e = A->smoothing;
+        /* shift - x_y first: exact, no cancellation at large logits */
+        k.value = (1.0 - e) * wy * ((shift - xy) + logsum) + e / C * (J->W * lse - s1);
+        coef = (1.0 - e) * wy + e / C * J->W;
+        k.d = gs * e / C;
+        k.b = gs * (1.0 - e) * wy;
+    } else if (J->loss == RW_LOSS(cross_entropy_prob)) {
+        k.value = s2 * lse - s1;
+        coef = s2;
+        k.d = gs;
+    } else { /* softmax_focal */
+        const double gamma = A->p1, L = (xy - shift) - logsum;
+        const double py = exp(L), u = -expm1(L), a = alpha_y * wy;
+        const double ug = gamma == 0.0 ? 1.0 : pow(u, gamma);
+        const double r = u > 0.0 ? L / u : -1.0;
+        const double F = ug * (1.0 - gamma * py * r);
+        k.value = -a * ug * L;
+        k.b = gs * a * F;
+        k.a1 = gs * a * F / sum;
+        return k;
+    }
+    k.value += z * lse * lse;
+    coef += 2.0 * z * lse;
+    k.a1 = gs * coef / sum;
+    return k;
+}
+
+FL_INLINE rw_coef rw_finish_seg(const rw_job *J, const rw_seg *st, double xy, double wy,
+                                double alpha_y)
+{
+    return rw_finish(J, st->shift, st->sum, log(st->sum), st->s1, st->s2, xy, wy, alpha_y);
+}
+
+/* ---- the loops, per dtype x ISA path ------------------------------------------ */
+#if defined(__aarch64__)
+#define BASE_FLV _fma
+#else
+#define BASE_FLV
+#endif
+
+/* per dtype: T, its suffix and the integer type of its comparison masks */
+#define T float
+#define FL_SFX f32
+#define RW_MASK_INT int32_t
+#include "rowwise_paths.h"
+#undef T
+#undef FL_SFX
+#undef RW_MASK_INT
+#define T double
+#define FL_SFX f64
+#define RW_MASK_INT int64_t
+#include "rowwise_paths.h"
+#undef T
+#undef FL_SFX
+#undef RW_MASK_INT
+
+#if FL_X86
+static const fl_unit_fn unit_fns[2][FL_NISA] = {
+    {unit_f32_base, unit_f32_avx2, unit_f32_avx512},
+    {unit_f64_base, unit_f64_avx2, unit_f64_avx512},
+};
+#else
+static const fl_unit_fn unit_fns[2][FL_NISA] = {{unit_f32_base}, {unit_f64_base}};
+#endif
+
+/* ---- the driver ------------------------------------------------------------------ */
+
+/* Long rows, few of them: segments on the threads, the fold and the finish
+ * here, then the gradients on the threads. */
+static int rw_split(rw_job *J, fl_unit_fn fn, int dtype, int nthreads)
+{
+    const fl_row_args *A = J->A;
+    const int64_t R = A->n, units = R * J->nseg;
+    J->segs = malloc((size_t)units * sizeof(rw_seg));
+    J->coefs = malloc((size_t)R * sizeof(rw_coef));
+    if (!J->segs || !J->coefs) {
+        free(J->segs), free(J->coefs);
+        return -2;
+    }
+    J->phase = RW_PHASE_SPLIT_STATS;
+    fl_parallel_for(fn, J, units, nthreads);
+    double total = 0.0;
+    for (int64_t r = 0; r < R; r++) {
+        const int prob = J->loss == RW_LOSS(cross_entropy_prob);
+        const int64_t y = prob ? 0 : rw_label(A, r);
+        rw_coef k = {0};
+        k.ignored = !prob && y == A->ignore_index;
+        if (!k.ignored) {
+            rw_seg row = {0};
+            for (int64_t s = 0; s < J->nseg; s++)
+                rw_fold(&row, &J->segs[r * J->nseg + s], s == 0);
+            const double xy = prob ? 0.0
+                              : dtype == 0 ? (double)((const float *)A->input)[r * A->classes + y]
+                                           : ((const double *)A->input)[r * A->classes + y];
+            const double wy = !prob && A->weight ? A->weight[y] : 1.0;
+            const double alpha_y = !prob && A->alpha ? A->alpha[y] : A->p0;
+            k = rw_finish_seg(J, &row, xy, wy, alpha_y);
+            k.y = prob ? -1 : y;
+        }
+        if (A->out) {
+            if (dtype == 0)
+                ((float *)A->out)[r] = (float)k.value;
+            else
+                ((double *)A->out)[r] = k.value;
+        }
+        total += k.value; /* one row per unit, as in the fused loop for rows this long */
+        J->coefs[r] = k;
+    }
+    if (A->grad) {
+        J->phase = RW_PHASE_SPLIT_GRAD;
+        fl_parallel_for(fn, J, units, nthreads);
+    }
+    ((fl_row_args *)A)->total = total;
+    free(J->segs), free(J->coefs);
+    return 0;
+}
+
+int fl_rowwise(int loss, int dtype, fl_row_args *A)
+{
+    if (!A || loss < 0 || loss >= RW_NLOSS || (dtype != 0 && dtype != 1) || A->label_type < 0 ||
+        A->label_type > 2 || A->classes < 1)
+        return -1;
+    A->total = 0.0;
+    const int64_t C = A->classes, S = A->inner, R = A->n * S;
+    if (R <= 0 || !(A->out || A->grad || A->want_total))
+        return 0;
+    if ((loss == RW_LOSS(multi_margin) || loss == RW_LOSS(crammer_singer)) && S != 1)
+        return -1;
+    rw_job J = {0};
+    J.A = A;
+    J.loss = loss;
+    J.need = loss == RW_LOSS(cross_entropy_prob)                      ? RW_NEED_PROB
+             : loss == RW_LOSS(cross_entropy) && A->smoothing != 0.0 ? RW_NEED_WX
+                                                                     : RW_NEED_NONE;
+    J.keep = 1.0 - A->smoothing;
+    J.add = A->smoothing / (double)C;
+    void *wt = NULL;
+    if (A->weight) {
+        const size_t size = dtype == 0 ? sizeof(float) : sizeof(double);
+        wt = malloc((size_t)C * size);
+        if (!wt)
+            return -2;
+        for (int64_t c = 0; c < C; c++) {
+            J.W += A->weight[c];
+            if (dtype == 0)
+                ((float *)wt)[c] = (float)A->weight[c];
+            else
+                ((double *)wt)[c] = A->weight[c];
+        }
+    } else {
+        J.W = (double)C;
+    }
+    J.wt = wt;
+    const fl_unit_fn fn = unit_fns[dtype][fl_isa_now()];
+    const int nthreads = fl_threads_for(R * C);
+    const int softmax = loss == RW_LOSS(cross_entropy) || loss == RW_LOSS(cross_entropy_prob) ||
+                        loss == RW_LOSS(softmax_focal);
+    int rc = 0;
+    int64_t units;
+    if (S == 1) {
+        J.nseg = (C + RW_SEG - 1) / RW_SEG;
+        if (softmax && J.nseg >= 4 && R < 4 * (int64_t)nthreads && nthreads > 1) {
+            rc = rw_split(&J, fn, dtype, nthreads);
+            free(wt);
+            return rc;
+        }
+        J.phase = RW_PHASE_ROWS;
+        J.rows_per_unit = C >= FL_UNIT ? 1 : FL_UNIT / C;
+        units = (R + J.rows_per_unit - 1) / J.rows_per_unit;
+    } else {
+        /* a tile's C x B values stay in L2 between its passes */
+        int64_t b = ((int64_t)1 << 16) / C / 16 * 16;
+        b = b < 16 ? 16 : b > RW_TILE ? RW_TILE : b;
+        J.tile = b < S ? b : S;
+        J.tiles = (S + J.tile - 1) / J.tile;
+        J.phase = RW_PHASE_TILES;
+        units = A->n * J.tiles;
+    }
+    double small[64];
+    J.partials = units <= 64 ? small : malloc((size_t)units * sizeof(double));
+    if (!J.partials) {
+        free(wt);
+        return -2;
+    }
+    fl_parallel_for(fn, &J, units, nthreads);
+    double total = 0.0;
+    for (int64_t u = 0; u < units; u++)
+        total += J.partials[u];
+    A->total = total;
+    if (J.partials != small)
+        free(J.partials);
+    free(wt);
+    return rc;
+}
+
+/* ---- label check --------------------------------------------------------------------- */
+#define SCAN(TY)                                                                      \
+    {                                                                                 \
+        const TY *v = labels;                                                         \
+        for (int64_t r = 0; r < n; r++) {                                             \
+            const int64_t y = (int64_t)v[r];                                          \
+            if (y == ignore_index)                                                    \
+                continue;                                                             \
+            if (y < 0 || y >= classes)                                                \
+                return r;                                                             \
+            cnt++;                                                                    \
+            if (weight)                                                               \
+                ws += weight[y];                                                      \
+        }                                                                             \
+    }
+
+int64_t fl_scan_labels(int label_type, const void *labels, int64_t n, int64_t classes,
+                       int64_t ignore_index, const double *weight, double *weight_sum,
+                       int64_t *count)
+{
+    int64_t cnt = 0;
+    double ws = 0.0;
+    switch (label_type) {
+    case 0: SCAN(int32_t) break;
+    case 1: SCAN(int64_t) break;
+    case 2: SCAN(uint8_t) break;
+    default: return -2;
+    }
+    *count = cnt;
+    *weight_sum = weight ? ws : (double)cnt;
+    return -1;
+}

@@ -1,0 +1,414 @@
+/* rowwise_impl.h -- the loops of the row-wise kernels, a template: rowwise.c
+ * includes it once per dtype x ISA path with T, FL_SFX (f32/f64), FL_FLV
+ * (vmath flavour), FL_ISA (base/avx2/avx512) and FL_ATTR (the target
+ * attribute) defined.  Everything here is vector work over contiguous
+ * memory; the per-row scalar math is rw_finish() in rowwise.c.  No guard. */
+
+#define RW(name) RW_NAME(name, FL_SFX, FL_ISA)
+#define VM(f) FL_CAT3(fl_##f, FL_SFX, FL_FLV)
+#define LANES_ADD FL_CAT(fl_lanes_add, FL_SFX)
+#define RW_LOG64 FL_CAT3(fl_log, f64, FL_FLV)
+
+/* ---- contiguous rows (S = 1) ----------------------------------------------- */
+
+/* max of x[0..m), m >= 1 (a NaN is skipped unless x[0] is one; the sum of
+ * exps then carries it into the result anyway).  GCC vector types: written
+ * as a plain loop, GCC turns the select into scalar conditional moves. */
+FL_ATTR static T RW(vmax)(const T *restrict x, int64_t m)
+{
+    typedef T vec __attribute__((vector_size(FL_VBYTES)));
+    typedef RW_MASK_INT mask __attribute__((vector_size(FL_VBYTES)));
+    enum { L = FL_VBYTES / sizeof(T) };
+    vec acc;
+    for (int j = 0; j < L; j++)
+        acc[j] = x[0];
+    int64_t i = 0;
+    for (; i + L <= m; i += L) {
+        vec v;
+        memcpy(&v, x + i, sizeof v);
+        mask k = v > acc;
+        acc = (vec)(((mask)v & k) | ((mask)acc & ~k));
+    }
+    T r = acc[0];
+    for (int j = 1; j < L; j++)
+        r = acc[j] > r ? acc[j] : r;
+    for (; i < m; i++)
+        r = x[i] > r ? x[i] : r;
+    return r;
+}
+
+/* The statistics of one segment x[0..m) of a row (see rw_seg in rowwise.c):
+ * its max as the shift (0 if it is -inf); sum exp(x - shift); and what the loss needs besides, s1 = sum w x
+ * (label smoothing) or, for probability targets t' = keep t + add,
+ * s1 = sum w t' x and s2 = sum w t'.  w may be NULL (all 1). */
+FL_ATTR static void RW(seg_stats)(int need, const T *restrict x, const T *restrict t,
+                                   const T *restrict w, T keep, T add, int64_t m,
+                                   rw_seg *restrict st)
+{
+    T mx = RW(vmax)(x, m);
+    /* an all -inf segment adds exp(-inf) = 0 (not exp(-inf - -inf) = nan):
+     * masked-out logits are common */
+    T shift = mx == -(T)INFINITY ? (T)0 : mx;
+    T buf[FL_SUB];
+    double tb[FL_SUB];
+    double acc[FL_LANES] = {0}, a1[FL_LANES] = {0}, a2[FL_LANES] = {0};
+    for (int64_t off = 0; off < m; off += FL_SUB) {
+        const int mm = m - off < FL_SUB ? (int)(m - off) : FL_SUB;
+        const T *xo = x + off;
+        for (int i = 0; i < mm; i++)
+            buf[i] = VM(exp)(xo[i] - shift);
+        LANES_ADD(acc, buf, mm);
+        if (need == RW_NEED_WX) {
+            if (w)
+                for (int i = 0; i < mm; i++)
+                    tb[i] = (double)w[off + i] * (double)xo[i];
+            else
+                for (int i = 0; i < mm; i++)
+                    tb[i] = (double)xo[i];
+            fl_lanes_add_f64(a1, tb, mm);
+        } else if (need == RW_NEED_PROB) {
+            const T *to = t + off;
+            for (int i = 0; i < mm; i++)
+                buf[i] = w ? w[off + i] * (keep * to[i] + add) : keep * to[i] + add;
+            LANES_ADD(a2, buf, mm);
+            for (int i = 0; i < mm; i++)
+                tb[i] = (double)buf[i] * (double)xo[i];
+            fl_lanes_add_f64(a1, tb, mm);
+        }
+    }
+    st->shift = (double)shift;
+    st->sum = fl_lanes_fold(acc);
+    st->s1 = fl_lanes_fold(a1);
+    st->s2 = fl_lanes_fold(a2);
+}
+
+/* g = a1 exp(x - mx) - d w  (the softmax part of the gradient; w NULL: 1),
+ * for probability targets (t != NULL) - d w (keep t + add) instead */
+FL_ATTR static void RW(seg_grad)(const T *restrict x, const T *restrict t, const T *restrict w,
+                                  T mx, T a1, T d, T keep, T add, int64_t m, T *restrict g)
+{
+    if (t) {
+        if (w)
+            for (int64_t i = 0; i < m; i++)
+                g[i] = a1 * VM(exp)(x[i] - mx) - d * (w[i] * (keep * t[i] + add));
+        else
+            for (int64_t i = 0; i < m; i++)
+                g[i] = a1 * VM(exp)(x[i] - mx) - d * (keep * t[i] + add);
+    } else if (w) {
+        for (int64_t i = 0; i < m; i++)
+            g[i] = a1 * VM(exp)(x[i] - mx) - d * w[i];
+    } else {
+        for (int64_t i = 0; i < m; i++)
+            g[i] = a1 * VM(exp)(x[i] - mx) - d;
+    }
+}
+
+/* multi_margin over one row: the value (before w_y / C) and, if g, the
+ * gradient with coefficient gc = gs w_y / C.  z_c = margin - x_y + x_c. */
+FL_ATTR static double RW(margin_row)(const T *restrict x, int64_t C, int64_t y, T margin,
+                                      int p2, T gc, T *restrict g)
+{
+    const T base = margin - x[y];
+    T buf[FL_SUB];
+    double acc[FL_LANES] = {0}, gacc[FL_LANES] = {0};
+    for (int64_t off = 0; off < C; off += FL_SUB) {
+        const int mm = C - off < FL_SUB ? (int)(C - off) : FL_SUB;
+        const T *xo = x + off;
+        for (int i = 0; i < mm; i++) {
+            T z = base + xo[i];
+            buf[i] = z > 0 ? (p2 ? z * z : z) : (T)0;
+        }
+        LANES_ADD(acc, buf, mm);
+        if (g) {
+            T *go = g + off;
+            for (int i = 0; i < mm; i++) {
+                T z = base + xo[i];
+                go[i] = z > 0 ? (p2 ? (T)2 * z * gc : gc) : (T)0;
+            }
+            LANES_ADD(gacc, go, mm);
+        }
+    }
+    /* c = y has z = margin; take it back out */
+    T zy = base + x[y];
+    T hy = zy > 0 ? (p2 ? zy * zy : zy) : (T)0;
+    if (g) {
+        T gy = g[y];
+        g[y] = (T)(-(fl_lanes_fold(gacc) - (double)gy));
+    }
+    return fl_lanes_fold(acc) - (double)hy;
+}
+
+/* One row of a contiguous (S = 1) input, fused: statistics, value,
+ * gradient.  The row is cut into the same segments as the split path
+ * (rw_split_*), so both give the same bits.  Returns the row's value. */
+FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
+{
+    const fl_row_args *A = J->A;
+    const int64_t C = A->classes;
+    const T *x = (const T *)A->input + r * C;
+    T *g = A->grad ? (T *)A->grad + r * C : NULL;
+    const T *w = J->wt;
+    const int loss = J->loss;
+    double value = 0.0;
+    if (loss == RW_LOSS(cross_entropy_prob)) {
+        const T *t = (const T *)A->target + r * C;
+        rw_seg row = {0}, seg;
+        for (int64_t c0 = 0; c0 < C; c0 += RW_SEG) {
+            const int64_t m = C - c0 < RW_SEG ? C - c0 : RW_SEG;
+            RW(seg_stats)(RW_NEED_PROB, x + c0, t + c0, w ? w + c0 : NULL, (T)J->keep,
+                          (T)J->add, m, &seg);
+            rw_fold(&row, &seg, c0 == 0);
+        }
+        rw_coef k = rw_finish_seg(J, &row, 0.0, 1.0, 1.0);
+        if (g)
+            RW(seg_grad)(x, t, w, (T)row.shift, (T)k.a1, (T)k.d, (T)J->keep, (T)J->add, C, g);
+        return k.value;
+    }
+    const int64_t y = rw_label(A, r);
+    if (y == A->ignore_index) {
+        if (g)
+            memset(g, 0, (size_t)C * sizeof(T));
+        return 0.0;
+    }
+    const double wy = A->weight ? A->weight[y] : 1.0;
+    switch (loss) {
+    case RW_LOSS(nll):
+        if (g) {
+            memset(g, 0, (size_t)C * sizeof(T));
+            g[y] = (T)(-A->grad_scale * wy);
+        }
+        return -wy * (double)x[y];
+    case RW_LOSS(multi_margin): {
+        const T gc = (T)(A->grad_scale * wy / (double)C);
+        value = RW(margin_row)(x, C, y, (T)A->p0, A->p1 == 2.0, gc, g);
+        return wy * value / (double)C;
+    }
+    case RW_LOSS(crammer_singer): {
+        /* max over c != y, and the first c attaining it */
+        T m = -(T)INFINITY;
+        if (y > 0)
+            m = RW(vmax)(x, y);
+        if (y + 1 < C) {
+            T m2 = RW(vmax)(x + y + 1, C - y - 1);
+            m = m2 > m ? m2 : m;
+        }
+        const double h = A->p0 + (double)m - (double)x[y];
+        if (g) {
+            memset(g, 0, (size_t)C * sizeof(T));
+            if (h > 0) {
+                int64_t k = 0;
+                while (k == y || x[k] != m)
+                    k++;
+                g[k] = (T)A->grad_scale;
+                g[y] = (T)(-A->grad_scale);
+            }
+        }
+        return h > 0 ? h : (h == h ? 0.0 : h);
+    }
+    default: { /* cross_entropy, softmax_focal */
+        rw_seg row = {0}, seg;
+        const int need = J->need;
+        for (int64_t c0 = 0; c0 < C; c0 += RW_SEG) {
+            const int64_t m = C - c0 < RW_SEG ? C - c0 : RW_SEG;
+            RW(seg_stats)(need, x + c0, NULL, w ? w + c0 : NULL, 0, 0, m, &seg);
+            rw_fold(&row, &seg, c0 == 0);
+        }
+        const double alpha_y = A->alpha ? A->alpha[y] : A->p0;
+        rw_coef k = rw_finish_seg(J, &row, (double)x[y], wy, alpha_y);
+        if (g) {
+            RW(seg_grad)(x, NULL, w, (T)row.shift, (T)k.a1, (T)k.d, 0, 0, C, g);
+            g[y] -= (T)k.b;
+        }
+        return k.value;
+    }
+    }
+}
+
+/* ---- strided class axis (S > 1): tiles of B positions of one sample ---------- */
+
+/* One tile: sample i, positions [s0, s0 + B), B <= RW_TILE.  Loops over the
+ * classes outside, over the tile's positions inside (contiguous, vectorised):
+ * pass 1 the max per position (the read from memory), pass 2 the sums of
+ * exps (and the exps themselves, kept in the gradient output when there is
+ * one), the rows' values, pass 3 the gradient from the kept exps.  The tile
+ * is sized to stay in L2 between passes.  Returns the sum of its row values,
+ * in position order. */
+FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
+{
+    const fl_row_args *A = J->A;
+    const int64_t C = A->classes, S = A->inner;
+    const T *x = (const T *)A->input + i * C * S + s0;
+    T *g = A->grad ? (T *)A->grad + i * C * S + s0 : NULL;
+    const int loss = J->loss;
+    const int prob = loss == RW_LOSS(cross_entropy_prob);
+    const T *tgt = prob ? (const T *)A->target + i * C * S + s0 : NULL;
+    const T *wt = J->wt;
+    int32_t lab[RW_TILE]; /* the label, -1 if ignored (0 for probability targets) */
+    T mx[RW_TILE], xy[RW_TILE], a1[RW_TILE], b[RW_TILE], dv[RW_TILE];
+    double sum[RW_TILE], s1[RW_TILE], s2[RW_TILE], logsum[RW_TILE];
+    double total = 0.0;
+
+    for (int j = 0; j < B; j++) {
+        const int64_t y = prob ? 0 : rw_label(A, i * S + s0 + j);
+        lab[j] = y == A->ignore_index ? -1 : (int32_t)y;
+        xy[j] = 0;
+    }
+    if (loss == RW_LOSS(nll)) {
+        for (int64_t c = 0; c < C; c++)
+            for (int j = 0; j < B; j++)
+                xy[j] = lab[j] == c ? x[c * S + j] : xy[j];
+        for (int j = 0; j < B; j++) {
+            const int ok = lab[j] >= 0;
+            const double wy = ok && A->weight ? A->weight[lab[j]] : 1.0;
+            const double v = ok ? -wy * (double)xy[j] : 0.0;
+            b[j] = ok ? (T)(-A->grad_scale * wy) : (T)0;
+            if (A->out)
+                ((T *)A->out)[i * S + s0 + j] = (T)v;
+            total += v;
+        }
+        if (g)
+            for (int64_t c = 0; c < C; c++)
+                for (int j = 0; j < B; j++)
+                    g[c * S + j] = lab[j] == c ? b[j] : (T)0;
+        return total;
+    }
+
+    /* pass 1 */
+    for (int j = 0; j < B; j++)
+        mx[j] = x[j];
+    for (int64_t c = 1; c < C; c++) {
+        const T *xc = x + c * S;
+        for (int j = 0; j < B; j++)
+            mx[j] = xc[j] > mx[j] ? xc[j] : mx[j];
+    }
+    /* pass 2 */
+    const T keep = (T)J->keep, add = (T)J->add;
+    for (int j = 0; j < B; j++)
+        sum[j] = s1[j] = s2[j] = 0.0;
+    for (int64_t c = 0; c < C; c++) {
+        const T *xc = x + c * S;
+        const T wc = wt ? wt[c] : (T)1;
+        if (g) {
+            T *ec = g + c * S;
+            for (int j = 0; j < B; j++) {
+                const T e = VM(exp)(xc[j] - mx[j]);
+                ec[j] = e;
+                sum[j] += (double)e;
+                xy[j] = lab[j] == c ? xc[j] : xy[j];
+            }
+        } else {
+            for (int j = 0; j < B; j++) {
+                sum[j] += (double)VM(exp)(xc[j] - mx[j]);
+                xy[j] = lab[j] == c ? xc[j] : xy[j];
+            }
+        }
+        if (prob) {
+            const T *tc = tgt + c * S;
+            for (int j = 0; j < B; j++) {
+                const T tw = wc * (keep * tc[j] + add);
+                s2[j] += (double)tw;
+                s1[j] += (double)tw * (double)xc[j];
+            }
+        } else if (J->need == RW_NEED_WX) {
+            for (int j = 0; j < B; j++)
+                s1[j] += (double)wc * (double)xc[j];
+        }
+    }
+    /* the rows' values and gradient coefficients */
+    for (int j = 0; j < B; j++)
+        logsum[j] = RW_LOG64(sum[j]);
+    for (int j = 0; j < B; j++) {
+        const int ok = lab[j] >= 0, y = ok ? lab[j] : 0;
+        const double wy = !prob && A->weight ? A->weight[y] : 1.0;
+        const double alpha_y = !prob && A->alpha ? A->alpha[y] : A->p0;
+        const rw_coef k = rw_finish(J, (double)mx[j], sum[j], logsum[j], s1[j], s2[j],
+                                    (double)xy[j], wy, alpha_y);
+        const double v = ok ? k.value : 0.0;
+        a1[j] = ok ? (T)k.a1 : (T)0;
+        b[j] = (T)k.b;
+        dv[j] = (T)k.d;
+        if (A->out)
+            ((T *)A->out)[i * S + s0 + j] = (T)v;
+        total += v;
+    }
+    if (!g)
+        return total;
+    /* pass 3: g holds the exps */
+    for (int64_t c = 0; c < C; c++) {
+        T *gc = g + c * S;
+        const T wc = wt ? wt[c] : (T)1;
+        if (prob) {
+            const T *tc = tgt + c * S;
+            for (int j = 0; j < B; j++)
+                gc[j] = a1[j] * gc[j] - dv[j] * (wc * (keep * tc[j] + add));
+        } else {
+            for (int j = 0; j < B; j++) {
+                const T v = a1[j] * gc[j] - dv[j] * wc - (lab[j] == c ? b[j] : (T)0);
+                gc[j] = lab[j] >= 0 ? v : (T)0;
+            }
+        }
+    }
+    return total;
+}
+
+/* ---- the unit of work, whatever thread runs it --------------------------------- */
+FL_ATTR static void RW(unit)(void *ctx, int64_t u)
+{
+    const rw_job *J = ctx;
+    const fl_row_args *A = J->A;
+    const int64_t C = A->classes;
+    switch (J->phase) {
+    case RW_PHASE_ROWS: { /* rows [u G, u G + G) */
+        const int64_t R = A->n, lo = u * J->rows_per_unit;
+        const int64_t hi = lo + J->rows_per_unit < R ? lo + J->rows_per_unit : R;
+        double s = 0.0;
+        for (int64_t r = lo; r < hi; r++) {
+            double v = RW(row)(J, r);
+            if (A->out)
+                ((T *)A->out)[r] = (T)v;
+            s += v;
+        }
+        J->partials[u] = s;
+        break;
+    }
+    case RW_PHASE_TILES: { /* sample u / tiles, tile u % tiles */
+        const int64_t i = u / J->tiles, s0 = (u % J->tiles) * J->tile;
+        const int64_t B = A->inner - s0 < J->tile ? A->inner - s0 : J->tile;
+        J->partials[u] = RW(tile)(J, i, s0, (int)B);
+        break;
+    }
+    case RW_PHASE_SPLIT_STATS: { /* segment u % nseg of row u / nseg */
+        const int64_t r = u / J->nseg, c0 = (u % J->nseg) * RW_SEG;
+        const int64_t m = C - c0 < RW_SEG ? C - c0 : RW_SEG;
+        const T *x = (const T *)A->input + r * C + c0;
+        const T *t = J->loss == RW_LOSS(cross_entropy_prob) ? (const T *)A->target + r * C + c0
+                                                             : NULL;
+        const T *w = J->wt ? (const T *)J->wt + c0 : NULL;
+        RW(seg_stats)(J->need, x, t, w, (T)J->keep, (T)J->add, m, &J->segs[u]);
+        break;
+    }
+    case RW_PHASE_SPLIT_GRAD: {
+        const int64_t r = u / J->nseg, c0 = (u % J->nseg) * RW_SEG;
+        const int64_t m = C - c0 < RW_SEG ? C - c0 : RW_SEG;
+        const rw_coef *k = &J->coefs[r];
+        T *g = (T *)A->grad + r * C + c0;
+        if (k->ignored) {
+            memset(g, 0, (size_t)m * sizeof(T));
+            break;
+        }
+        const T *x = (const T *)A->input + r * C + c0;
+        const T *t = J->loss == RW_LOSS(cross_entropy_prob) ? (const T *)A->target + r * C + c0
+                                                             : NULL;
+        const T *w = J->wt ? (const T *)J->wt + c0 : NULL;
+        RW(seg_grad)(x, t, w, (T)k->shift, (T)k->a1, (T)k->d, (T)J->keep, (T)J->add, m, g);
+        if (k->y >= c0 && k->y < c0 + m)
+            g[k->y - c0] -= (T)k->b;
+        break;
+    }
+    }
+}
+
+#undef RW
+#undef VM
+#undef LANES_ADD
+#undef RW_LOG64

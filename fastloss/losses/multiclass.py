@@ -1,0 +1,343 @@
+"""Multi-class losses: one value per row of C class scores (row-wise kernels).
+
+The input is (N, C) or (N, C, d1, ..., dk) with the class axis 1, as in
+PyTorch, or a single row (C,).  The kernels read it in place as (N, C, S),
+S = d1 * ... * dk, with the class axis strided (nothing is transposed), and
+never build a softmax, a one-hot or any (N, C)-sized temporary.
+
+Each public function checks its own hyper-parameters and hands over to
+:func:`_run`, the one place that checks shapes, dtypes, devices and labels,
+picks the backend, computes the ``mean`` denominator and shapes the results.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .. import _dispatch, reference
+from .._validate import (ArrayMeta, check_bool, check_input, check_positive, check_real,
+                         check_reduction, check_same_place, REDUCTIONS)
+from ..kernels import RowwiseCall
+
+__all__ = ["cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
+           "multiclass_hinge_loss", "MULTICLASS_LOSSES"]
+
+#: public name -> the kernels it uses
+MULTICLASS_LOSSES = {
+    "cross_entropy": ("cross_entropy", "cross_entropy_prob"),
+    "nll_loss": ("nll",),
+    "softmax_focal_loss": ("softmax_focal",),
+    "multi_margin_loss": ("multi_margin",),
+    "multiclass_hinge_loss": ("crammer_singer",),
+}
+
+# how "mean" divides the sum of the row values
+_BY_WEIGHT = "weight"     # the weights of the non-ignored targets (their count without weight)
+_BY_VALID = "valid"       # the number of non-ignored targets
+_BY_ROWS = "rows"         # the number of rows
+
+
+def _check_int(value, name) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _check_class_vector(obj, name, classes, on_gpu):
+    """A (C,) array of per-class values: float64 on the host, as given on the GPU."""
+    meta = ArrayMeta(obj, name)
+    if meta.shape != (classes,):
+        raise ValueError(f"{name}: expected shape ({classes},), one value per class, "
+                         f"got {meta.shape}")
+    if meta.on_gpu != on_gpu:
+        where = "the GPU" if meta.on_gpu else "the host"
+        raise TypeError(f"{name}: on {where} but the input is not; move it to the input's "
+                        f"device first")
+    if on_gpu:
+        if meta.dtype.kind != "f":
+            raise TypeError(f"{name}: on the GPU, expected a float array, got {meta.dtype}")
+        return meta.array
+    values = np.ascontiguousarray(meta.array, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name}: every value must be finite, got {values[~np.isfinite(values)][0]!r}")
+    return values
+
+
+def _layout(meta: ArrayMeta, name, dtype=None):
+    """A flat contiguous array: a view where possible, a copy for strided host
+    arrays (never a view the kernel could write through)."""
+    if meta.on_gpu:
+        if not meta.contiguous:
+            raise ValueError(f"{name}: non-contiguous GPU arrays are not supported yet "
+                             f"(shape {meta.shape}); make a contiguous copy on the device first")
+        if dtype is not None and meta.dtype != dtype:
+            raise TypeError(f"{name}: dtype {meta.dtype} differs from the input's {dtype}; "
+                            f"on the GPU fastloss does not convert (no hidden copies)")
+        return meta.array
+    return np.ascontiguousarray(meta.array, dtype=dtype).reshape(-1)
+
+
+def _run(public, input, target, *, reduction, return_grad, backend, weight=None, alpha=None,
+         ignore_index=None, smoothing=0.0, z_loss=0.0, p0=0.0, p1=0.0, two_d_only=False,
+         allow_prob=False, mean_by=_BY_WEIGHT, reference_kwargs=None):
+    if reduction not in REDUCTIONS:
+        check_reduction(reduction)
+    if return_grad is not True and return_grad is not False:
+        return_grad = check_bool(return_grad, "return_grad")
+    x = check_input(input)
+    t = ArrayMeta(target, "target")
+    check_same_place({"input": x, "target": t})
+    shape = x.shape
+    if not shape or (two_d_only and len(shape) > 2):
+        want = "(C,) or (N, C)" if two_d_only else "(C,), (N, C) or (N, C, d1, ..., dk)"
+        raise ValueError(f"input: expected shape {want}, got {shape}")
+    if len(shape) == 1:
+        n, classes, inner, row_shape = 1, shape[0], 1, ()
+    else:
+        n, classes, inner = shape[0], shape[1], math.prod(shape[2:])
+        row_shape = (shape[0],) + tuple(shape[2:])
+    if classes < 1:
+        raise ValueError(f"input: needs at least one class (axis {0 if len(shape) == 1 else 1} "
+                         f"has size 0), got shape {shape}")
+
+    prob = allow_prob and t.shape == shape and t.dtype.kind == "f"
+    if prob:
+        if ignore_index is not None and ignore_index >= 0:
+            raise ValueError(f"ignore_index: not supported with probability targets (got "
+                             f"{ignore_index}; PyTorch raises too); leave it negative")
+    else:
+        if t.dtype.kind not in "iu":
+            extra = (f" or class probabilities of the input's shape {shape}" if allow_prob
+                     else "")
+            raise TypeError(f"target: expected integer class indices{extra}, got dtype "
+                            f"{t.dtype} with shape {t.shape}")
+        if t.shape != row_shape:
+            raise ValueError(f"target: class indices must have shape {row_shape} (the "
+                             f"input's {shape} without the class axis), got {t.shape}")
+    ignore = -100 if ignore_index is None else ignore_index
+
+    on_gpu = x.on_gpu
+    if weight is not None:
+        weight = _check_class_vector(weight, "weight", classes, on_gpu)
+    if alpha is not None:
+        alpha = _check_class_vector(alpha, "alpha", classes, on_gpu)
+        if not on_gpu and np.any(alpha < 0):
+            raise ValueError(f"alpha: per-class values must be ≥ 0, got {alpha[alpha < 0][0]!r}")
+    name, module = _dispatch.select(backend, on_gpu)
+
+    rows = n * inner
+    if name == "numpy":
+        if not prob:
+            _scan_labels_numpy(t, classes, ignore)
+        kwargs = dict(reference_kwargs or {})
+        if weight is not None:
+            kwargs["weight"] = weight
+        if alpha is not None:
+            kwargs["alpha"] = alpha
+        result = getattr(reference, public)(np.asarray(x.array), np.asarray(t.array),
+                                            reduction=reduction, return_grad=return_grad,
+                                            **kwargs)
+        value, grad = result if return_grad else (result, None)
+        value = (np.asarray(value).astype(x.dtype) if reduction == "none"
+                 else x.dtype.type(value))
+        return (value, np.asarray(grad).astype(x.dtype)) if return_grad else value
+
+    x_flat = _layout(x, "input")
+    t_flat = _layout(t, "target", x.dtype if prob else None)
+    if prob:
+        valid, weight_sum = rows, float(rows)
+    else:
+        first, weight_sum, valid = module.scan_labels(t_flat, classes, ignore, weight)
+        if first >= 0:
+            _raise_bad_label(t, first, classes, ignore)
+    scale = 1.0
+    if reduction == "mean":
+        denom = {_BY_WEIGHT: weight_sum, _BY_VALID: float(valid), _BY_ROWS: float(rows)}[mean_by]
+        scale = 1.0 / denom if denom != 0 else float("nan")   # 0/0: nan, as PyTorch
+    kernel = MULTICLASS_LOSSES[public][1 if prob else 0]
+    call = RowwiseCall(
+        loss=kernel, input=x_flat, target=t_flat, n=n, classes=classes, inner=inner,
+        weight=weight, alpha=alpha, ignore_index=ignore, smoothing=float(smoothing),
+        z_loss=float(z_loss), p0=float(p0), p1=float(p1), want_out=reduction == "none",
+        want_grad=return_grad, grad_scale=scale, total_scale=scale)
+    value, out, grad = module.rowwise(call)
+    if reduction == "none":
+        value = out.reshape(row_shape)
+    elif not on_gpu:
+        value = x.dtype.type(value)
+    return (value, grad.reshape(shape)) if return_grad else value
+
+
+def _scan_labels_numpy(t: ArrayMeta, classes, ignore):
+    labels = np.asarray(t.array).reshape(-1)
+    bad = (labels != ignore) & ((labels < 0) | (labels >= classes))
+    if bad.any():
+        _raise_bad_label(t, int(np.argmax(bad)), classes, ignore)
+
+
+def _raise_bad_label(t: ArrayMeta, flat_index, classes, ignore):
+    position = np.unravel_index(flat_index, t.shape) if t.shape else ()
+    if t.on_gpu:
+        value = _read_gpu_element(t.array, flat_index)
+    else:
+        value = np.asarray(t.array).reshape(-1)[flat_index]
+    raise ValueError(f"target: class index {int(value)} at position {tuple(map(int, position))} "
+                     f"is outside [0, {classes}) and is not ignore_index={ignore}")
+
+
+def _read_gpu_element(array, flat_index):
+    from numba import cuda
+    view = array if hasattr(array, "copy_to_host") else cuda.as_cuda_array(array)
+    return view.reshape(view.size)[flat_index:flat_index + 1].copy_to_host()[0]
+
+
+def _check_smoothing(label_smoothing):
+    value = check_real(label_smoothing, "label_smoothing")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {value!r}")
+    return value
+
+
+_COMMON = """
+    reduction : "mean" | "sum" | "none"
+        ``"none"`` returns one value per row, of the target's shape (the
+        input's without the class axis; 0-d for a single (C,) row).
+        ``"sum"`` their float64-accumulated sum; ``"mean"``: {mean}.
+    return_grad : bool
+        Also return d(result)/d(input) (for ``"none"``: of the sum), the
+        input's shape and dtype, written in the same pass over each row.
+    backend : "c" | "numba" | "cuda" | "numpy" | None
+        See :func:`fastloss.backends`; None picks one from the inputs.
+
+    Labels outside [0, C) that are not ``ignore_index`` raise ``ValueError``
+    naming the first one and its position, before any kernel runs.  A
+    non-contiguous host input is copied once to contiguous memory.
+"""
+
+
+def _doc(text, mean):
+    def decorate(fn):
+        fn.__doc__ = text.rstrip() + "\n" + _COMMON.format(mean=mean)
+        return fn
+    return decorate
+
+
+@_doc("""Softmax cross-entropy on logits, as ``torch.nn.functional.cross_entropy``.
+
+    input : (N, C), (N, C, d1, ..., dk) or (C,), float32/float64 logits.
+    target : class indices of shape (N, d1, ..., dk) (any integer dtype; 0-d
+        for a (C,) input), or class probabilities of the input's shape (a
+        float array; ``ignore_index`` must then stay negative, as in PyTorch).
+    weight : (C,) class weights, optional.
+    ignore_index : targets equal to it contribute 0 (and a zero gradient).
+    label_smoothing : e in [0, 1]; the target becomes (1 - e) onehot + e / C,
+        mixed with ``weight`` and ``ignore_index`` as PyTorch does.
+    z_loss : adds ``z_loss * logsumexp(row)**2`` to every non-ignored row (the
+        PaLM auxiliary loss; 0 = off).  It is not multiplied by the class
+        weight, and ``mean`` divides it by the same denominator as the rest.
+
+    Per row, with lse the log-sum-exp of the row (computed online, with a
+    running max: finite for logits of ±1e4 or more):
+    (1 - e) w_y (lse - x_y) + (e / C) sum_c w_c (lse - x_c) + z lse^2.
+""", mean="divided by the sum of ``weight[target]`` over the non-ignored targets "
+          "(their count without a weight) for index targets, as PyTorch; nan if every "
+          "target is ignored; by the number of rows for probability targets")
+def cross_entropy(input, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  z_loss=0.0, reduction="mean", return_grad=False, backend=None):
+    ignore_index = _check_int(ignore_index, "ignore_index")
+    label_smoothing = _check_smoothing(label_smoothing)
+    z_loss = check_positive(z_loss, "z_loss", allow_zero=True)
+    return _run("cross_entropy", input, target, reduction=reduction, return_grad=return_grad,
+                backend=backend, weight=weight, ignore_index=ignore_index,
+                smoothing=label_smoothing, z_loss=z_loss, allow_prob=True,
+                reference_kwargs={"ignore_index": ignore_index,
+                                  "label_smoothing": label_smoothing, "z_loss": z_loss})
+
+
+@_doc("""Negative log-likelihood on log-probabilities, as ``torch.nn.functional.nll_loss``.
+
+    input : (N, C), (N, C, d1, ..., dk) or (C,) log-probabilities (e.g. a
+        log_softmax); target : class indices of shape (N, d1, ..., dk).
+    Per row: -weight[y] * input[y]; ``ignore_index`` rows give 0.
+""", mean="divided by the sum of ``weight[target]`` over the non-ignored targets "
+          "(their count without a weight), as PyTorch; nan if every target is ignored")
+def nll_loss(input, target, *, weight=None, ignore_index=-100, reduction="mean",
+             return_grad=False, backend=None):
+    ignore_index = _check_int(ignore_index, "ignore_index")
+    return _run("nll_loss", input, target, reduction=reduction, return_grad=return_grad,
+                backend=backend, weight=weight, ignore_index=ignore_index,
+                reference_kwargs={"ignore_index": ignore_index})
+
+
+@_doc("""Multi-class (softmax) focal loss on logits, with class-index targets.
+
+    Per row, with p_y the softmax probability of the target class:
+    -alpha_y * weight_y * (1 - p_y)^gamma * log p_y.
+
+    Convention: kornia's ``focal_loss`` (and Keras' ``CategoricalFocalCrossentropy``
+    with a scalar alpha): ``alpha`` multiplies every class equally when it
+    is a scalar, or per class when it is a (C,) array; ``alpha=None`` means
+    1.  MONAI instead gives a scalar alpha to the foreground and 1 - alpha to
+    class 0, which only makes sense for segmentation with a background
+    class; a (C,) ``alpha`` expresses it when wanted.  Like kornia, ``mean``
+    divides by the number of rows (here: non-ignored rows), not by weights.
+
+    Computed in log space: log p_y = x_y - lse and 1 - p_y = -expm1(log p_y),
+    so the value and the gradient are finite at saturated logits (±1e4) and
+    for 0 ≤ gamma < 1 (where the textbook gradient has 0 * inf).
+""", mean="divided by the number of non-ignored targets; nan if every target is ignored")
+def softmax_focal_loss(input, target, *, alpha=None, gamma=2.0, weight=None, ignore_index=-100,
+                       reduction="mean", return_grad=False, backend=None):
+    ignore_index = _check_int(ignore_index, "ignore_index")
+    gamma = check_positive(gamma, "gamma", allow_zero=True)
+    p0, alpha_array = 1.0, None
+    if alpha is None or isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+        if alpha is not None:
+            p0 = check_positive(alpha, "alpha", allow_zero=True)
+    else:
+        alpha_array = alpha
+    ref = {"ignore_index": ignore_index, "gamma": gamma}
+    if alpha_array is None and alpha is not None:
+        ref["alpha"] = p0
+    return _run("softmax_focal_loss", input, target, reduction=reduction,
+                return_grad=return_grad, backend=backend, weight=weight, alpha=alpha_array,
+                ignore_index=ignore_index, p0=p0, p1=gamma, mean_by=_BY_VALID,
+                reference_kwargs=ref)
+
+
+@_doc("""Multi-class hinge loss (Weston–Watkins), as ``torch.nn.functional.multi_margin_loss``.
+
+    input : (N, C) or (C,) scores; target : (N,) class indices (0-d for (C,)).
+    Per row: sum_{c != y} weight[y] * max(0, margin - x_y + x_c)^p / C,
+    p in {1, 2}.  No ``ignore_index`` (PyTorch has none).
+""", mean="divided by N (PyTorch's convention here, weights or not)")
+def multi_margin_loss(input, target, *, p=1, margin=1.0, weight=None, reduction="mean",
+                      return_grad=False, backend=None):
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p: expected 1 or 2 (as PyTorch), got {p!r}")
+    margin = check_real(margin, "margin")
+    if math.isinf(margin):
+        raise ValueError(f"margin: expected a finite value, got {margin!r}")
+    return _run("multi_margin_loss", input, target, reduction=reduction,
+                return_grad=return_grad, backend=backend, weight=weight, p0=margin,
+                p1=float(p), two_d_only=True, mean_by=_BY_ROWS,
+                reference_kwargs={"p": int(p), "margin": margin})
+
+
+@_doc("""Multi-class hinge loss in the Crammer–Singer form, as optax
+    ``multiclass_hinge_loss``, Keras ``CategoricalHinge`` (with index targets)
+    and scikit-learn's ``hinge_loss`` for more than two classes.
+
+    input : (N, C) or (C,) scores; target : (N,) class indices.
+    Per row: max(0, margin + max_{c != y} x_c - x_y); with C = 1, 0.  The
+    gradient (a subgradient) is +1 at the first class attaining the max and
+    -1 at the target where the hinge is active, 0 elsewhere.
+""", mean="divided by N")
+def multiclass_hinge_loss(input, target, *, margin=1.0, reduction="mean", return_grad=False,
+                          backend=None):
+    margin = check_positive(margin, "margin")
+    return _run("multiclass_hinge_loss", input, target, reduction=reduction,
+                return_grad=return_grad, backend=backend, p0=margin, two_d_only=True,
+                mean_by=_BY_ROWS, reference_kwargs={"margin": margin})
