@@ -68,7 +68,7 @@ const char *fl_row_name(int loss) { return loss >= 0 && loss < RW_NLOSS ? row_na
 #define RW_SEG FL_UNIT   /* values per row segment */
 #define RW_TILE 256      /* most positions per tile */
 enum { RW_NEED_NONE, RW_NEED_WX, RW_NEED_PROB };
-enum { RW_PHASE_ROWS, RW_PHASE_TILES, RW_PHASE_SPLIT_STATS, RW_PHASE_SPLIT_GRAD };
+enum { RW_PHASE_ROWS, RW_PHASE_TILES, RW_PHASE_SPLIT_STATS, RW_PHASE_SPLIT_FINISH, RW_PHASE_SPLIT_GRAD };
 
 /* statistics of a segment, or of a row once folded: sum = sum exp(x - shift) */
 typedef struct {
@@ -119,54 +119,6 @@ FL_INLINE int64_t rw_label(const fl_row_args *A, int64_t r)
     }
 }
 
-/* The value of a row and its gradient coefficients, from its statistics
- * (the formulas at the top of this file): sum = sum_c exp(x_c - shift),
- * logsum = log(sum), s1 / s2 as in rw_seg.  x_y, w_y and alpha_y are unused
- * by the losses that do not need them.  Inline and branch-free for
- * cross_entropy, so that the tiles' loop over rows vectorises. */
-FL_INLINE rw_coef rw_finish(const rw_job *J, double shift, double sum, double logsum, double s1,
-                            double s2, double xy, double wy, double alpha_y)
-{
-    const fl_row_args *A = J->A;
-    const double gs = A->grad_scale, C = (double)A->classes, z = A->z_loss;
-    const double lse = shift + logsum;
-    rw_coef k = {0};
-    k.shift = shift;
-    double coef; /* of p_c */
-    if (J->loss == RW_LOSS(cross_entropy)) {
-        const double e = A->smoothing;
-        /* shift - x_y first: exact, no cancellation at large logits */
-        k.value = (1.0 - e) * wy * ((shift - xy) + logsum) + e / C * (J->W * lse - s1);
-        coef = (1.0 - e) * wy + e / C * J->W;
-        k.d = gs * e / C;
-        k.b = gs * (1.0 - e) * wy;
-    } else if (J->loss == RW_LOSS(cross_entropy_prob)) {
-        k.value = s2 * lse - s1;
-        coef = s2;
-        k.d = gs;
-    } else { /* softmax_focal */
-        const double gamma = A->p1, L = (xy - shift) - logsum;
-        const double py = exp(L), u = -expm1(L), a = alpha_y * wy;
-        const double ug = gamma == 0.0 ? 1.0 : pow(u, gamma);
-        const double r = u > 0.0 ? L / u : -1.0;
-        const double F = ug * (1.0 - gamma * py * r);
-        k.value = -a * ug * L;
-        k.b = gs * a * F;
-        k.a1 = gs * a * F / sum;
-        return k;
-    }
-    k.value += z * lse * lse;
-    coef += 2.0 * z * lse;
-    k.a1 = gs * coef / sum;
-    return k;
-}
-
-FL_INLINE rw_coef rw_finish_seg(const rw_job *J, const rw_seg *st, double xy, double wy,
-                                double alpha_y)
-{
-    return rw_finish(J, st->shift, st->sum, log(st->sum), st->s1, st->s2, xy, wy, alpha_y);
-}
-
 /* ---- the loops, per dtype x ISA path ------------------------------------------ */
 #if defined(__aarch64__)
 #define BASE_FLV _fma
@@ -201,9 +153,9 @@ static const fl_unit_fn unit_fns[2][FL_NISA] = {{unit_f32_base}, {unit_f64_base}
 
 /* ---- the driver ------------------------------------------------------------------ */
 
-/* Long rows, few of them: segments on the threads, the fold and the finish
- * here, then the gradients on the threads. */
-static int rw_split(rw_job *J, fl_unit_fn fn, int dtype, int nthreads)
+/* Long rows, few of them: the segments' statistics on the threads, then per
+ * row the fold and the finish, then the gradients. */
+static int rw_split(rw_job *J, fl_unit_fn fn, int nthreads)
 {
     const fl_row_args *A = J->A;
     const int64_t R = A->n, units = R * J->nseg;
@@ -215,33 +167,11 @@ static int rw_split(rw_job *J, fl_unit_fn fn, int dtype, int nthreads)
     }
     J->phase = RW_PHASE_SPLIT_STATS;
     fl_parallel_for(fn, J, units, nthreads);
+    J->phase = RW_PHASE_SPLIT_FINISH;
+    fl_parallel_for(fn, J, R, nthreads);
     double total = 0.0;
-    for (int64_t r = 0; r < R; r++) {
-        const int prob = J->loss == RW_LOSS(cross_entropy_prob);
-        const int64_t y = prob ? 0 : rw_label(A, r);
-        rw_coef k = {0};
-        k.ignored = !prob && y == A->ignore_index;
-        if (!k.ignored) {
-            rw_seg row = {0};
-            for (int64_t s = 0; s < J->nseg; s++)
-                rw_fold(&row, &J->segs[r * J->nseg + s], s == 0);
-            const double xy = prob ? 0.0
-                              : dtype == 0 ? (double)((const float *)A->input)[r * A->classes + y]
-                                           : ((const double *)A->input)[r * A->classes + y];
-            const double wy = !prob && A->weight ? A->weight[y] : 1.0;
-            const double alpha_y = !prob && A->alpha ? A->alpha[y] : A->p0;
-            k = rw_finish_seg(J, &row, xy, wy, alpha_y);
-            k.y = prob ? -1 : y;
-        }
-        if (A->out) {
-            if (dtype == 0)
-                ((float *)A->out)[r] = (float)k.value;
-            else
-                ((double *)A->out)[r] = k.value;
-        }
-        total += k.value; /* one row per unit, as in the fused loop for rows this long */
-        J->coefs[r] = k;
-    }
+    for (int64_t r = 0; r < R; r++)
+        total += J->coefs[r].value; /* one row per unit, as in the fused loop for rows this long */
     if (A->grad) {
         J->phase = RW_PHASE_SPLIT_GRAD;
         fl_parallel_for(fn, J, units, nthreads);
@@ -296,7 +226,7 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
     if (S == 1) {
         J.nseg = (C + RW_SEG - 1) / RW_SEG;
         if (softmax && J.nseg >= 4 && R < 4 * (int64_t)nthreads && nthreads > 1) {
-            rc = rw_split(&J, fn, dtype, nthreads);
+            rc = rw_split(&J, fn, nthreads);
             free(wt);
             return rc;
         }

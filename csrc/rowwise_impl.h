@@ -2,12 +2,78 @@
  * includes it once per dtype x ISA path with T, FL_SFX (f32/f64), FL_FLV
  * (vmath flavour), FL_ISA (base/avx2/avx512) and FL_ATTR (the target
  * attribute) defined.  Everything here is vector work over contiguous
- * memory; the per-row scalar math is rw_finish() in rowwise.c.  No guard. */
+ * memory, but for the per-row scalar math, RW(finish).  No guard. */
 
 #define RW(name) RW_NAME(name, FL_SFX, FL_ISA)
 #define VM(f) FL_CAT3(fl_##f, FL_SFX, FL_FLV)
 #define LANES_ADD FL_CAT(fl_lanes_add, FL_SFX)
-#define RW_LOG64 FL_CAT3(fl_log, f64, FL_FLV)
+#define F64(f) FL_CAT3(fl_##f, f64, FL_FLV)
+
+/* u^gamma for u in [0, 1]: by multiplication for the integer gammas people
+ * use, through exp/log otherwise (0^gamma = 0 for gamma > 0, 1 for gamma = 0) */
+FL_ATTR FL_INLINE double RW(upow)(double u, double gamma)
+{
+    if (gamma == 2.0)
+        return u * u;
+    if (gamma == 0.0)
+        return 1.0;
+    if (gamma == 1.0)
+        return u;
+    if (gamma == 3.0)
+        return u * u * u;
+    if (gamma == 4.0)
+        return (u * u) * (u * u);
+    return u > 0.0 ? F64(exp)(gamma * F64(log)(u)) : 0.0;
+}
+
+/* The value of a row and its gradient coefficients, from its statistics
+ * (the formulas at the top of this file): sum = sum_c exp(x_c - shift),
+ * logsum = log(sum), s1 / s2 as in rw_seg.  x_y, w_y and alpha_y are unused
+ * by the losses that do not need them.  Inline and branch-free for
+ * cross_entropy, so that the tiles' loop over rows vectorises; the vector
+ * math of vmath.h (and integer powers by multiplication) for the focal loss. */
+FL_ATTR FL_INLINE rw_coef RW(finish)(const rw_job *J, double shift, double sum, double logsum, double s1,
+                            double s2, double xy, double wy, double alpha_y)
+{
+    const fl_row_args *A = J->A;
+    const double gs = A->grad_scale, C = (double)A->classes, z = A->z_loss;
+    const double lse = shift + logsum;
+    rw_coef k = {0};
+    k.shift = shift;
+    double coef; /* of p_c */
+    if (J->loss == RW_LOSS(cross_entropy)) {
+        const double e = A->smoothing;
+        /* shift - x_y first: exact, no cancellation at large logits */
+        k.value = (1.0 - e) * wy * ((shift - xy) + logsum) + e / C * (J->W * lse - s1);
+        coef = (1.0 - e) * wy + e / C * J->W;
+        k.d = gs * e / C;
+        k.b = gs * (1.0 - e) * wy;
+    } else if (J->loss == RW_LOSS(cross_entropy_prob)) {
+        k.value = s2 * lse - s1;
+        coef = s2;
+        k.d = gs;
+    } else { /* softmax_focal */
+        const double gamma = A->p1, L = (xy - shift) - logsum;
+        const double py = F64(exp)(L), u = -F64(expm1)(L), a = alpha_y * wy;
+        const double ug = RW(upow)(u, gamma);
+        const double r = u > 0.0 ? L / u : -1.0;
+        const double F = ug * (1.0 - gamma * py * r);
+        k.value = -a * ug * L;
+        k.b = gs * a * F;
+        k.a1 = gs * a * F / sum;
+        return k;
+    }
+    k.value += z * lse * lse;
+    coef += 2.0 * z * lse;
+    k.a1 = gs * coef / sum;
+    return k;
+}
+
+FL_ATTR FL_INLINE rw_coef RW(finish_seg)(const rw_job *J, const rw_seg *st, double xy, double wy,
+                                double alpha_y)
+{
+    return RW(finish)(J, st->shift, st->sum, F64(log)(st->sum), st->s1, st->s2, xy, wy, alpha_y);
+}
 
 /* ---- contiguous rows (S = 1) ----------------------------------------------- */
 
@@ -159,7 +225,7 @@ FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
                           (T)J->add, m, &seg);
             rw_fold(&row, &seg, c0 == 0);
         }
-        rw_coef k = rw_finish_seg(J, &row, 0.0, 1.0, 1.0);
+        rw_coef k = RW(finish_seg)(J, &row, 0.0, 1.0, 1.0);
         if (g)
             RW(seg_grad)(x, t, w, (T)row.shift, (T)k.a1, (T)k.d, (T)J->keep, (T)J->add, C, g);
         return k.value;
@@ -214,7 +280,7 @@ FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
             rw_fold(&row, &seg, c0 == 0);
         }
         const double alpha_y = A->alpha ? A->alpha[y] : A->p0;
-        rw_coef k = rw_finish_seg(J, &row, (double)x[y], wy, alpha_y);
+        rw_coef k = RW(finish_seg)(J, &row, (double)x[y], wy, alpha_y);
         if (g) {
             RW(seg_grad)(x, NULL, w, (T)row.shift, (T)k.a1, (T)k.d, 0, 0, C, g);
             g[y] -= (T)k.b;
@@ -316,12 +382,12 @@ FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
     }
     /* the rows' values and gradient coefficients */
     for (int j = 0; j < B; j++)
-        logsum[j] = RW_LOG64(sum[j]);
+        logsum[j] = F64(log)(sum[j]);
     for (int j = 0; j < B; j++) {
         const int ok = lab[j] >= 0, y = ok ? lab[j] : 0;
         const double wy = !prob && A->weight ? A->weight[y] : 1.0;
         const double alpha_y = !prob && A->alpha ? A->alpha[y] : A->p0;
-        const rw_coef k = rw_finish(J, (double)mx[j], sum[j], logsum[j], s1[j], s2[j],
+        const rw_coef k = RW(finish)(J, (double)mx[j], sum[j], logsum[j], s1[j], s2[j],
                                     (double)xy[j], wy, alpha_y);
         const double v = ok ? k.value : 0.0;
         a1[j] = ok ? (T)k.a1 : (T)0;
@@ -387,6 +453,26 @@ FL_ATTR static void RW(unit)(void *ctx, int64_t u)
         RW(seg_stats)(J->need, x, t, w, (T)J->keep, (T)J->add, m, &J->segs[u]);
         break;
     }
+    case RW_PHASE_SPLIT_FINISH: { /* row u: fold its segments in order, finish */
+        const int prob = J->loss == RW_LOSS(cross_entropy_prob);
+        const int64_t y = prob ? 0 : rw_label(A, u);
+        rw_coef k = {0};
+        k.ignored = !prob && y == A->ignore_index;
+        if (!k.ignored) {
+            rw_seg row = {0};
+            for (int64_t s = 0; s < J->nseg; s++)
+                rw_fold(&row, &J->segs[u * J->nseg + s], s == 0);
+            const double xy = prob ? 0.0 : (double)((const T *)A->input)[u * C + y];
+            const double wy = !prob && A->weight ? A->weight[y] : 1.0;
+            const double alpha_y = !prob && A->alpha ? A->alpha[y] : A->p0;
+            k = RW(finish_seg)(J, &row, xy, wy, alpha_y);
+            k.y = prob ? -1 : y;
+        }
+        if (A->out)
+            ((T *)A->out)[u] = (T)k.value;
+        J->coefs[u] = k;
+        break;
+    }
     case RW_PHASE_SPLIT_GRAD: {
         const int64_t r = u / J->nseg, c0 = (u % J->nseg) * RW_SEG;
         const int64_t m = C - c0 < RW_SEG ? C - c0 : RW_SEG;
@@ -411,4 +497,4 @@ FL_ATTR static void RW(unit)(void *ctx, int64_t u)
 #undef RW
 #undef VM
 #undef LANES_ADD
-#undef RW_LOG64
+#undef F64

@@ -28,10 +28,12 @@ from typing import Callable, Iterable
 import numpy as np
 
 import fastloss
-from fastloss.testing import CASES, Case, make_inputs
+from fastloss.testing import (CASES, MULTICLASS_CASES, Case, MulticlassCase, make_inputs,
+                              make_multiclass_inputs)
 
 __all__ = ["median_time", "wall_timer", "quiet_openmp", "make_call", "bytes_read", "read_bandwidth",
-           "cpu_backends", "torch_available", "gpu_name", "to_host", "OthersCPU", "main"]
+           "cpu_backends", "torch_available", "gpu_name", "to_host", "OthersCPU", "main",
+           "make_multiclass_call", "peak_extra_memory"]
 
 CPU_COMPILED = ("c", "numba")        # the compiled CPU backends, in order of preference
 BASELINES = ("numpy", "torch")       # what they are compared with
@@ -131,6 +133,59 @@ def make_call(case: Case | str, backend: str, x, y, *, grad: bool = False,
     fn = getattr(fastloss, case.name)
     return functools.partial(fn, x, y, reduction=reduction, return_grad=grad,
                              backend=backend, **params)
+
+
+def make_multiclass_call(case: MulticlassCase | str, backend: str, x, y, *,
+                         grad: bool = False) -> Callable[[], object]:
+    """Like :func:`make_call`, for a case of ``MULTICLASS_CASES`` (mean reduction)."""
+    if isinstance(case, str):
+        case = MULTICLASS_CASES[case]
+    params = dict(case.params)
+    if backend == "torch":
+        import torch
+
+        xt = torch.from_numpy(np.asarray(x))
+        yt = torch.from_numpy(np.asarray(y).astype(np.int64))   # torch wants int64 labels
+        if not grad:
+            return lambda: case.torch_fn(xt, yt, **params)
+        xt = xt.detach().clone().requires_grad_(True)
+
+        def value_and_grad():
+            loss = case.torch_fn(xt, yt, **params)
+            (g,) = torch.autograd.grad(loss, xt)
+            return loss, g
+
+        return value_and_grad
+    fn = getattr(fastloss, case.name)
+    return functools.partial(fn, x, y, return_grad=grad, backend=backend, **params)
+
+
+def peak_extra_memory(fn: Callable[[], object], expected_bytes: int = 0):
+    """(bytes, fn's result): how far the process's resident memory rose above
+    its level before the call, minus ``expected_bytes`` (the outputs), read
+    from the kernel's high-water mark (reset first through
+    /proc/self/clear_refs).  Counts every allocator (NumPy, PyTorch, C);
+    None where /proc does not offer it."""
+    import gc
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kb("VmRSS")
+    except OSError:
+        return None, fn()
+    result = fn()
+    peak = _status_kb("VmHWM")
+    return max(0, (peak - before) * 1024 - expected_bytes), result
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
 
 
 class OthersCPU:
@@ -291,7 +346,10 @@ def _ratio(base: float | None, t: float) -> str:
 
 def cmd_bench(args) -> int:
     dtype = np.dtype(args.dtype)
-    losses = _split(args.losses, list(CASES), "loss") or list(CASES)
+    all_names = list(CASES) + sorted({c.name for c in MULTICLASS_CASES.values()})
+    chosen = _split(args.losses, all_names, "loss") or all_names
+    losses = [name for name in chosen if name in CASES]
+    args.multiclass = [c for c in MULTICLASS_CASES.values() if c.name in chosen]
     have_torch = torch_available()
     default_backends = cpu_backends() + ["numpy"] + (["torch"] if have_torch else [])
     backends = _split(args.backends, list(CPU_COMPILED) + list(BASELINES),
@@ -344,10 +402,47 @@ def cmd_bench(args) -> int:
           f"value+grad in torch = forward + autograd backward")
     print(_table(["loss", "mode", "backend", "median ms", "GB/s", "vs numpy", "vs torch",
                   "1st call ms"], rows))
+    _bench_multiclass(args, dtype, backends, modes, others)
     if others.share is not None and others.share > 0.25:
         print(f"warning: other processes used {others.share:.0%} of the CPUs meanwhile; "
               f"parallel code waits for descheduled threads, so these figures understate it")
     return 0
+
+
+def multiclass_shape(case: MulticlassCase, n: int) -> tuple[int, ...]:
+    """The case's layout scaled to about n logits: (n // C, C), or one sample
+    (1, C, h, w) of a square image."""
+    classes = case.shape[1]
+    if len(case.shape) == 2:
+        return (max(1, n // classes), classes)
+    side = max(1, math.isqrt(max(1, n // classes)))
+    return (1, classes, side, side)
+
+
+def _bench_multiclass(args, dtype, backends, modes, others):
+    """The multi-class cases at about ``args.n`` logits, on the same backends
+    (the NumPy reference included, at this size)."""
+    if not args.multiclass:
+        return
+    rows = []
+    for case in args.multiclass:
+        shape = multiclass_shape(case, args.n)
+        x, y = make_multiclass_inputs(case, shape, dtype, seed=0)
+        times = {}
+        for backend in backends:
+            for grad in modes:
+                call = make_multiclass_call(case, backend, x, y, grad=grad)
+                call()
+                times[backend, grad] = median_time(call, repeats=args.repeats, warmup=0)
+        for grad in modes:
+            for backend in backends:
+                t = times[backend, grad]
+                rows.append([case.label, "x".join(map(str, shape)), MODES[grad], backend,
+                             f"{t * 1e3:.3f}", _ratio(times.get(("numpy", grad)), t),
+                             _ratio(times.get(("torch", grad)), t)])
+    print(f"\nmulti-class losses, {dtype.name}, mean reduction (torch: the usual "
+          f"implementation, int64 labels):")
+    print(_table(["case", "shape", "mode", "backend", "median ms", "vs numpy", "vs torch"], rows))
 
 
 # --------------------------------------------------------------------------- check

@@ -227,8 +227,15 @@ def _labels(y, classes, ignore_index=None):
     """(valid mask, labels with ignored ones replaced by 0, one-hot (..., C) of the valid ones)."""
     valid = np.ones(y.shape, dtype=bool) if ignore_index is None else (y != ignore_index)
     safe = np.where(valid, y, 0).astype(np.intp)
-    onehot = np.eye(classes, dtype=np.float64)[safe] * valid[..., None]
+    onehot = _onehot(safe, classes) * valid[..., None]
     return valid, safe, onehot
+
+
+def _onehot(labels, classes):
+    """(..., C) one-hot of integer labels (no (C, C) identity: C may be 50k)."""
+    out = np.zeros(labels.shape + (classes,), dtype=np.float64)
+    np.put_along_axis(out, labels[..., None], 1.0, axis=-1)
+    return out
 
 
 def _reduce_rows(values, grad, reduction, denom, valid, input_ndim, return_grad):
@@ -409,5 +416,5 @@ def multiclass_hinge_loss(input, target, *, margin=1.0, reduction="mean", return
         h = margin + m - x_y
     active = h > 0
     values = np.where(active, h, 0.0)
-    grad = (np.eye(C)[k] - onehot) * active[..., None]
+    grad = (_onehot(k, C) - onehot) * active[..., None]
     return _reduce_rows(values, grad, reduction, values.size, valid, ndim, return_grad)

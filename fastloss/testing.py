@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Case", "CASES", "make_inputs"]
+__all__ = ["Case", "CASES", "make_inputs", "MulticlassCase", "MULTICLASS_CASES",
+           "make_multiclass_inputs"]
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,84 @@ def make_inputs(case: Case | str, shape, dtype=np.float32, seed: int = 0):
     else:  # pragma: no cover - a typo in the table
         raise ValueError(f"unknown case kind {case.kind!r}")
     return np.asarray(x, dtype=dtype), np.asarray(y, dtype=dtype)
+
+
+# ---- multi-class losses -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MulticlassCase:
+    """A multi-class benchmark / comparison case: which loss, the input layout,
+    and how PyTorch users compute it (``torch_fn(x, y, **params)``, reduction mean)."""
+    label: str                    # unique, e.g. "cross_entropy[llm]"
+    name: str                     # public function name in fastloss
+    shape: tuple[int, ...]        # full-size input shape (N, C, ...)
+    smoke_shape: tuple[int, ...]  # a small shape of the same layout
+    params: dict[str, Any] = field(default_factory=dict)
+    label_dtype: Any = np.int64
+    torch_fn: Callable[..., Any] | None = None
+
+
+def _t_cross_entropy(x, y, **params):
+    import torch.nn.functional as F
+    return F.cross_entropy(x, y.long(), **params)
+
+
+def _t_nll(x, y, **params):
+    import torch.nn.functional as F
+    return F.nll_loss(x, y.long(), **params)
+
+
+def _t_softmax_focal(x, y, gamma=2.0, alpha=None):
+    # the usual PyTorch implementation: log_softmax, gather, pow
+    import torch
+    logp = torch.log_softmax(x, dim=1).gather(1, y.long().unsqueeze(1)).squeeze(1)
+    loss = -((1 - logp.exp()) ** gamma) * logp
+    if alpha is not None:
+        loss = alpha * loss
+    return loss.mean()
+
+
+def _t_multi_margin(x, y, **params):
+    import torch.nn.functional as F
+    return F.multi_margin_loss(x, y.long(), **params)
+
+
+def _t_crammer_singer(x, y, margin=1.0):
+    import torch
+    yl = y.long().unsqueeze(1)
+    others = x.scatter(1, yl, float("-inf"))
+    return torch.clamp(margin + others.max(dim=1).values - x.gather(1, yl).squeeze(1),
+                       min=0).mean()
+
+
+MULTICLASS_CASES: dict[str, MulticlassCase] = {c.label: c for c in [
+    MulticlassCase("cross_entropy[llm]", "cross_entropy", (4096, 32768), (64, 2048),
+                   torch_fn=_t_cross_entropy),
+    MulticlassCase("cross_entropy[seg]", "cross_entropy", (8, 21, 256, 256), (2, 21, 16, 16),
+                   label_dtype=np.uint8, torch_fn=_t_cross_entropy),
+    MulticlassCase("cross_entropy[smooth]", "cross_entropy", (16384, 1000), (64, 1000),
+                   {"label_smoothing": 0.1}, torch_fn=_t_cross_entropy),
+    MulticlassCase("nll_loss", "nll_loss", (16384, 1000), (64, 1000), torch_fn=_t_nll),
+    MulticlassCase("softmax_focal_loss[seg]", "softmax_focal_loss", (8, 21, 256, 256),
+                   (2, 21, 16, 16), {"gamma": 2.0}, label_dtype=np.uint8,
+                   torch_fn=_t_softmax_focal),
+    MulticlassCase("multi_margin_loss", "multi_margin_loss", (65536, 100), (256, 100),
+                   torch_fn=_t_multi_margin),
+    MulticlassCase("multiclass_hinge_loss", "multiclass_hinge_loss", (65536, 100), (256, 100),
+                   torch_fn=_t_crammer_singer),
+]}
+
+
+def make_multiclass_inputs(case: MulticlassCase | str, shape=None, dtype=np.float32,
+                           seed: int = 0):
+    """(logits, labels) of ``shape`` (default: the case's full shape): normal
+    logits of scale 3 (log-probabilities for nll_loss), uniform labels."""
+    if isinstance(case, str):
+        case = MULTICLASS_CASES[case]
+    shape = tuple(shape or case.shape)
+    rng = np.random.default_rng(seed)
+    x = (3.0 * rng.standard_normal(shape, dtype=np.float32)).astype(dtype)
+    if case.name == "nll_loss":
+        x = x - np.log(np.exp(x.astype(np.float64)).sum(axis=1, keepdims=True)).astype(dtype)
+    y = rng.integers(0, shape[1], size=(shape[0],) + shape[2:]).astype(case.label_dtype)
+    return x, y
