@@ -50,6 +50,16 @@ def test_bad_label_leaves_outputs_unwritten(backend):
     np.testing.assert_array_equal(x, x_before)
 
 
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("name", ["multi_margin_loss", "multiclass_hinge_loss"])
+def test_losses_without_ignore_index_check_every_label(backend, name):
+    y = _y((4,))
+    y[2] = -100
+    with pytest.raises(ValueError, match=r"class index -100 at position \(2,\) is outside "
+                                         r"\[0, 3\)$"):
+        getattr(fl, name)(_x((4, 3)), y, backend=backend)
+
+
 def test_float_labels_rejected():
     with pytest.raises(TypeError, match="target: expected integer class indices or class "
                                         "probabilities of the input's shape"):

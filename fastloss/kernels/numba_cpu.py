@@ -173,3 +173,996 @@ def elementwise(call):
     total = float(partials.sum())
     return (total * call.total_scale, out if call.want_out else None,
             grad if call.want_grad else None)
+
+
+# ---------------------------------------------------------------------------
+# Row-wise (multi-class) kernels: ``rowwise(call)`` and ``scan_labels(...)``.
+#
+# Layout and formulas: kernels.RowwiseCall and notes/rowwise_spec.md; the
+# per-row math (row max / lse to value and gradient coefficients) comes from
+# ._rowmath, the source the CUDA kernels compile too.  Two loop shapes, picked
+# by the shape alone:
+#
+# * S == 1 ("rows"): a row's C values are contiguous.  Per row: the max (a
+#   vectorised nan-propagating max reduction), then e_c = exp(x_c - max)
+#   into a buffer (vectorised) summed in LANES lanes, then the gradient in a
+#   second vectorised pass over the row, which is still in cache: A p_c =
+#   (A / s) e_c from the kept e_c (rows of up to ROW_CACHE classes; longer
+#   rows recompute exp).  cross_entropy / softmax_focal with C <= SMALL_C
+#   run the same arithmetic over blocks of rows, one vector loop a pass per
+#   block (bit-identical results).  Work unit: max(1, UNIT // C) rows.
+# * S > 1 ("tiles"): the class axis is strided.  A tile is up to TILE
+#   consecutive positions s of one sample i; every pass loops over c outside
+#   and over the tile's positions inside (contiguous, vectorised), with
+#   per-position running max / sums in TILE-long scratch arrays, and the
+#   tile's e_c kept for the gradient when T*C <= TILE_CACHE.  Work unit:
+#   max(1, UNIT // (T * C)) consecutive tiles, T = min(S, TILE).
+#
+# prange runs over the work units; each writes one float64 partial (its rows
+# summed in row order) and the partials are summed in order: the total
+# depends on (N, C, S) only, never on the thread count.  Every grad entry is
+# written by exactly one unit.
+#
+# Compile budget: one kernel per (loss, path) (and per input dtype, by
+# Numba's type dispatch); want_grad / want_out / smoothing / z-loss are
+# runtime flags tested outside the hot loops.  Labels are converted to int64
+# on the host when they are another dtype (an O(rows) copy, C times smaller
+# than the input) so no kernel is compiled per label dtype; a missing weight
+# is a vector of ones and a missing alpha a vector of p0 (O(C)), which give
+# bit-identical results to the unweighted formulas.
+# ---------------------------------------------------------------------------
+
+UNIT = BLOCK          # elements per row-wise work unit (at least one row / tile)
+TILE = 256            # positions s per tile on the strided (S > 1) path
+SMALL_C = 64          # classes: up to this, rows are processed in blocks of SMALL_BLOCK elements
+SMALL_BLOCK = 1024
+ROW_CACHE = 1 << 17   # classes: up to this, a row's exp(x - max) is kept (1 MiB)
+TILE_CACHE = 1 << 16  # T*C: up to this, a tile's exp(x - max) is kept (512 KiB)
+
+
+def _rowwise_units(n: int, classes: int, inner: int) -> int:
+    """Number of work units: the same arithmetic as the kernels' prologues."""
+    c = max(1, classes)
+    if inner == 1:
+        rpu = max(1, UNIT // c)
+        return (n + rpu - 1) // rpu
+    if n * inner == 0:
+        return 0
+    t = min(inner, TILE)
+    tiles = n * ((inner + t - 1) // t)
+    tpu = max(1, UNIT // (t * c))
+    return (tiles + tpu - 1) // tpu
+
+
+def _row_helpers():
+    return _built.get("row_helpers", _build_row_helpers)
+
+
+def _build_row_helpers():
+    """The scalar row math (._rowmath with the vectorisable primitives) and
+    the loops shared by the row-wise kernels, compiled once (per dtype)."""
+    import types
+
+    import numba
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    from . import _numba_vmath, _rowmath
+
+    @intrinsic
+    def fmaximum(typingctx, a, b):
+        """max(a, b) propagating nan (llvm.maximum): unlike a compare-and-select,
+        a reduction over it vectorises without fast-math."""
+        if not (a == b == numba.types.float64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            d = ir.DoubleType()
+            f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(d, [d, d]),
+                                               "llvm.maximum.f64")
+            return builder.call(f, args)
+        return numba.types.float64(numba.types.float64, numba.types.float64), codegen
+
+    rm = _rowmath.compile_for(numba.njit(inline="always", error_model="numpy"),
+                              _numba_vmath.PRIMITIVES)
+    jit = numba.njit(nogil=True, error_model="numpy")
+    smooth_target, lse_of = rm["smooth_target"], rm["lse_of"]
+    exp = _numba_vmath.exp
+    ninf = -np.inf
+
+    # --- contiguous rows (S == 1): x[lo:lo + C] is one row -----------------------
+    @jit
+    def row_max(x, lo, hi):
+        """max of x[lo:hi] in float64 (nan propagates, -inf if empty)."""
+        m = ninf
+        for j in range(lo, hi):
+            m = fmaximum(m, np.float64(x[j]))
+        return m
+
+    @jit
+    def lanesum(buf, k):
+        """sum of buf[:k]: element j into lane j % LANES, the lanes folded
+        pairwise -- a fixed order."""
+        k8 = k // LANES * LANES
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        for j in range(0, k8, LANES):
+            s0 += buf[j]
+            s1 += buf[j + 1]
+            s2 += buf[j + 2]
+            s3 += buf[j + 3]
+            s4 += buf[j + 4]
+            s5 += buf[j + 5]
+            s6 += buf[j + 6]
+            s7 += buf[j + 7]
+        rem = k - k8
+        if rem > 0:
+            s0 += buf[k8]
+        if rem > 1:
+            s1 += buf[k8 + 1]
+        if rem > 2:
+            s2 += buf[k8 + 2]
+        if rem > 3:
+            s3 += buf[k8 + 3]
+        if rem > 4:
+            s4 += buf[k8 + 4]
+        if rem > 5:
+            s5 += buf[k8 + 5]
+        if rem > 6:
+            s6 += buf[k8 + 6]
+        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+    @jit
+    def row_sumexp(x, lo, C, m, ebuf, cached):
+        """sum_c e_c, e_c = exp(x[lo + c] - m), per CHUNK; e_c is left in
+        ebuf[c] when cached (ebuf holds C), else ebuf is a CHUNK scratch."""
+        s = 0.0
+        for c0 in range(0, C, CHUNK):
+            k = min(CHUNK, C - c0)
+            xc = x[lo + c0:lo + c0 + k]
+            eb = ebuf[c0:c0 + k] if cached else ebuf[0:k]
+            for j in range(k):
+                eb[j] = exp(np.float64(xc[j]) - m)
+            s += lanesum(eb, k)
+        return s
+
+    @jit
+    def row_wdot(x, lo, C, w, buf):
+        """sum_c w[c] x[lo + c]."""
+        s = 0.0
+        for c0 in range(0, C, CHUNK):
+            k = min(CHUNK, C - c0)
+            xc = x[lo + c0:lo + c0 + k]
+            wc = w[c0:c0 + k]
+            for j in range(k):
+                buf[j] = wc[j] * np.float64(xc[j])
+            s += lanesum(buf, k)
+        return s
+
+    @jit
+    def row_prob_sums(x, t, lo, C, w, eps, buf, buf2):
+        """(sum_c w_c t'_c, sum_c w_c t'_c x_c) over one row, t'_c the smoothed target."""
+        tw = twx = 0.0
+        for c0 in range(0, C, CHUNK):
+            k = min(CHUNK, C - c0)
+            xc = x[lo + c0:lo + c0 + k]
+            tc = t[lo + c0:lo + c0 + k]
+            wc = w[c0:c0 + k]
+            for j in range(k):
+                a = wc[j] * smooth_target(np.float64(tc[j]), eps, C)
+                buf[j] = a
+                buf2[j] = a * np.float64(xc[j])
+            tw += lanesum(buf, k)
+            twx += lanesum(buf2, k)
+        return tw, twx
+
+    @jit
+    def row_softmax_grad(x, lo, C, lse, a, q, kw, w, ebuf, cached, grad):
+        """grad[lo + c] = a p_c - kw w[c], p_c = exp(x - lse) = e_c / s; from the
+        kept e_c when cached (q = a / s)."""
+        g = grad[lo:lo + C]
+        if cached:
+            if kw == 0.0:
+                for c in range(C):
+                    g[c] = q * ebuf[c]
+            else:
+                for c in range(C):
+                    g[c] = q * ebuf[c] - kw * w[c]
+        else:
+            xr = x[lo:lo + C]
+            for c in range(C):
+                g[c] = a * exp(np.float64(xr[c]) - lse) - kw * w[c]
+
+    @jit
+    def row_prob_grad(x, t, lo, C, lse, a, q, gs, eps, w, ebuf, cached, grad):
+        """grad[lo + c] = a p_c - gs w[c] t'_c."""
+        tr = t[lo:lo + C]
+        g = grad[lo:lo + C]
+        if cached:
+            for c in range(C):
+                g[c] = q * ebuf[c] - gs * w[c] * smooth_target(np.float64(tr[c]), eps, C)
+        else:
+            xr = x[lo:lo + C]
+            for c in range(C):
+                g[c] = (a * exp(np.float64(xr[c]) - lse)
+                        - gs * w[c] * smooth_target(np.float64(tr[c]), eps, C))
+
+    @jit
+    def zero(a, lo, hi):
+        for j in range(lo, hi):
+            a[j] = 0
+
+    # --- tiles (S > 1): positions [xb, xb + nt) of class 0, class c at + c*S;
+    #     the tile's e_c at ebuf[c*T + j] when cached -----------------------------
+    @jit
+    def tile_max(x, xb, S, C, nt, mx):
+        for j in range(nt):
+            mx[j] = ninf
+        for c in range(C):
+            xc = x[xb + c * S:xb + c * S + nt]
+            for j in range(nt):
+                mx[j] = fmaximum(mx[j], np.float64(xc[j]))
+
+    @jit
+    def tile_sumexp(x, xb, S, C, nt, mx, se, ebuf, cached, T):
+        for j in range(nt):
+            se[j] = 0.0
+        for c in range(C):
+            xc = x[xb + c * S:xb + c * S + nt]
+            if cached:
+                eb = ebuf[c * T:c * T + nt]
+                for j in range(nt):
+                    e = exp(np.float64(xc[j]) - mx[j])
+                    eb[j] = e
+                    se[j] += e
+            else:
+                for j in range(nt):
+                    se[j] += exp(np.float64(xc[j]) - mx[j])
+
+    @jit
+    def tile_lse(mx, se, nt):
+        """mx[j] = lse of position j from its max mx[j] and sum se[j] (a vectorised log)."""
+        for j in range(nt):
+            mx[j] = lse_of(mx[j], se[j])
+
+    @jit
+    def tile_wdot(x, xb, S, C, nt, w, sw):
+        for j in range(nt):
+            sw[j] = 0.0
+        for c in range(C):
+            xc = x[xb + c * S:xb + c * S + nt]
+            wc = w[c]
+            for j in range(nt):
+                sw[j] += wc * np.float64(xc[j])
+
+    @jit
+    def tile_prob_sums(x, t, xb, S, C, nt, w, eps, tw, twx):
+        for j in range(nt):
+            tw[j] = 0.0
+            twx[j] = 0.0
+        for c in range(C):
+            xc = x[xb + c * S:xb + c * S + nt]
+            tc = t[xb + c * S:xb + c * S + nt]
+            wc = w[c]
+            for j in range(nt):
+                a = wc * smooth_target(np.float64(tc[j]), eps, C)
+                tw[j] += a
+                twx[j] += a * np.float64(xc[j])
+
+    @jit
+    def tile_softmax_grad(x, xb, S, C, nt, lse, ga, qa, gk, keep, w, ebuf, cached, T, grad):
+        """grad = ga p - gk w_c (p = e / s, qa = ga / s) where keep, else 0."""
+        for c in range(C):
+            gc = grad[xb + c * S:xb + c * S + nt]
+            wc = w[c]
+            if cached:
+                eb = ebuf[c * T:c * T + nt]
+                for j in range(nt):
+                    g = qa[j] * eb[j] - gk[j] * wc
+                    gc[j] = g if keep[j] != 0.0 else 0.0
+            else:
+                xc = x[xb + c * S:xb + c * S + nt]
+                for j in range(nt):
+                    g = ga[j] * exp(np.float64(xc[j]) - lse[j]) - gk[j] * wc
+                    gc[j] = g if keep[j] != 0.0 else 0.0
+
+    @jit
+    def tile_prob_grad(x, t, xb, S, C, nt, lse, ga, qa, gs, eps, w, ebuf, cached, T, grad):
+        for c in range(C):
+            tc = t[xb + c * S:xb + c * S + nt]
+            gc = grad[xb + c * S:xb + c * S + nt]
+            gw = gs * w[c]
+            if cached:
+                eb = ebuf[c * T:c * T + nt]
+                for j in range(nt):
+                    gc[j] = qa[j] * eb[j] - gw * smooth_target(np.float64(tc[j]), eps, C)
+            else:
+                xc = x[xb + c * S:xb + c * S + nt]
+                for j in range(nt):
+                    gc[j] = (ga[j] * exp(np.float64(xc[j]) - lse[j])
+                             - gw * smooth_target(np.float64(tc[j]), eps, C))
+
+    @jit
+    def tile_zero(grad, xb, S, C, nt):
+        for c in range(C):
+            gc = grad[xb + c * S:xb + c * S + nt]
+            for j in range(nt):
+                gc[j] = 0
+
+    return types.SimpleNamespace(rm=rm, **{f.__name__: f for f in (
+        row_max, lanesum, row_sumexp, row_wdot, row_prob_sums, row_softmax_grad, row_prob_grad,
+        zero, tile_max, tile_sumexp, tile_lse, tile_wdot, tile_prob_sums, tile_softmax_grad,
+        tile_prob_grad, tile_zero)})
+
+
+def _build_rowwise_unit(loss: str, tiles: bool):
+    """The work unit of one loss on one path: ``unit(..., u)`` computes unit
+    u's rows, writes their out / grad entries and returns their value sum."""
+    import numba
+
+    h = _row_helpers()
+    rm = h.rm
+    jit = numba.njit(nogil=True, error_model="numpy")
+    from . import _numba_vmath
+    exp = _numba_vmath.exp
+    vmax, lse_of, ce_finish = rm["vmax"], rm["lse_of"], rm["ce_finish"]
+    focal_finish, ce_prob_finish, nll_finish = (rm["focal_finish"], rm["ce_prob_finish"],
+                                                rm["nll_finish"])
+    margin_term, margin_finish, crammer_finish = (rm["margin_term"], rm["margin_finish"],
+                                                  rm["crammer_finish"])
+    row_max, lanesum, row_sumexp, row_wdot = h.row_max, h.lanesum, h.row_sumexp, h.row_wdot
+    row_prob_sums, row_softmax_grad, row_prob_grad, zero = (h.row_prob_sums, h.row_softmax_grad,
+                                                            h.row_prob_grad, h.zero)
+    tile_max, tile_sumexp, tile_wdot, tile_prob_sums = (h.tile_max, h.tile_sumexp, h.tile_wdot,
+                                                        h.tile_prob_sums)
+    tile_lse, tile_softmax_grad = h.tile_lse, h.tile_softmax_grad
+    tile_prob_grad, tile_zero = h.tile_prob_grad, h.tile_zero
+    focal = loss == "softmax_focal"
+    ninf = -np.inf
+    # (the unit functions share one signature, so the kernel skeleton is one)
+
+    @numba.njit(inline="always", error_model="numpy")
+    def softmax_finish(lse, se, py, xy, wy, ay, W, swx, eps, z, p1, C, gs):
+        """cross_entropy / softmax_focal from a valid row's reductions: (value, a,
+        kw, gy) with grad_c = a p_c - kw w_c for c != y and grad_y = gy."""
+        if focal:
+            value, K, uu = focal_finish(lse, xy, ay * wy, p1)
+            a = gs * K
+            return value, a, 0.0, -(a * uu)
+        value, A, B = ce_finish(lse, xy, wy, W, swx, eps, z, C)
+        k = eps / C
+        return value, gs * A, gs * k, gs * (A * py - B - k * wy)
+
+    @jit
+    def softmax_small_rows(x, t, w, al, W, C, ignore, eps, z, p1, want_out, want_grad, gs,
+                           out, grad, r0, r1):
+        """Rows r0..r1 of C <= SMALL_C classes, in blocks of G rows: each pass is
+        one vectorised loop over the block's G*C elements (a per-row loop of a few
+        classes would run its vector loops' scalar remainders), with the row
+        maxima and coefficients broadcast per element.  The same values, summed
+        in the same lanes, as the per-row loops (bit-identical results)."""
+        G = max(1, SMALL_BLOCK // C)
+        smooth = (not focal) and eps != 0.0
+        e = np.empty(G * C)
+        sh = np.empty(G * C)           # per element: its row's max, then its q = a / s
+        wrep = np.empty(G * C if smooth else 1)
+        wx = np.empty(G * C if smooth else 1)
+        mr = np.empty(G)
+        sr = np.empty(G)
+        swr = np.empty(G)
+        qr = np.empty(G)
+        gyr = np.empty(G)
+        if smooth:
+            for g in range(G):
+                for c in range(C):
+                    wrep[g * C + c] = w[c]
+        kw = gs * (eps / C) if smooth else 0.0
+        total = 0.0
+        for g0 in range(r0, r1, G):
+            nb = min(G, r1 - g0)
+            lo = g0 * C
+            ne = nb * C
+            for g in range(nb):
+                # a plain compare-and-select max (short rows: no vector loop to feed);
+                # a nan it skips still makes e, s and so the row's value and grad nan
+                xg = x[lo + g * C:lo + g * C + C]
+                m = np.float64(xg[0])
+                for c in range(1, C):
+                    v = np.float64(xg[c])
+                    m = v if v > m else m
+                mr[g] = m
+                shg = sh[g * C:g * C + C]
+                for c in range(C):
+                    shg[c] = m
+            xs = x[lo:lo + ne]
+            for k in range(ne):
+                e[k] = exp(np.float64(xs[k]) - sh[k])
+            for g in range(nb):
+                sr[g] = lanesum(e[g * C:g * C + C], C)
+            for g in range(nb):
+                mr[g] = lse_of(mr[g], sr[g])
+            if smooth:
+                for k in range(ne):
+                    wx[k] = wrep[k] * np.float64(xs[k])
+                for g in range(nb):
+                    swr[g] = lanesum(wx[g * C:g * C + C], C)
+            for g in range(nb):
+                r = g0 + g
+                y = t[r]
+                value = 0.0
+                qr[g] = 0.0
+                if y != ignore:
+                    value, a, kwr, gy = softmax_finish(
+                        mr[g], sr[g], e[g * C + y] / sr[g], np.float64(x[lo + g * C + y]), w[y],
+                        al[y], W, swr[g] if smooth else 0.0, eps, z, p1, C, gs)
+                    qr[g] = a / sr[g]
+                    gyr[g] = gy
+                total += value
+                if want_out:
+                    out[r] = value
+            if want_grad:
+                for g in range(nb):
+                    qg = qr[g]
+                    shg = sh[g * C:g * C + C]
+                    for c in range(C):
+                        shg[c] = qg
+                gb = grad[lo:lo + ne]
+                if smooth:
+                    for k in range(ne):
+                        gb[k] = sh[k] * e[k] - kw * wrep[k]
+                else:
+                    for k in range(ne):
+                        gb[k] = sh[k] * e[k]
+                for g in range(nb):
+                    y = t[g0 + g]
+                    if y == ignore:
+                        zero(grad, lo + g * C, lo + g * C + C)
+                    else:
+                        grad[lo + g * C + y] = gyr[g]
+        return total
+
+    if loss in ("cross_entropy", "softmax_focal") and not tiles:
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            rpu = max(1, UNIT // C)
+            r0 = u * rpu
+            r1 = min(r0 + rpu, n)
+            if C <= SMALL_C:
+                return softmax_small_rows(x, t, w, al, W, C, ignore, eps, z, p1, want_out,
+                                          want_grad, gs, out, grad, r0, r1)
+            buf = np.empty(CHUNK)
+            cached = C <= ROW_CACHE
+            ebuf = np.empty(C if cached else CHUNK)
+            smooth = (not focal) and eps != 0.0
+            total = 0.0
+            for r in range(r0, r1):
+                lo = r * C
+                y = t[r]
+                if y == ignore:
+                    if want_out:
+                        out[r] = 0.0
+                    if want_grad:
+                        zero(grad, lo, lo + C)
+                    continue
+                m = row_max(x, lo, lo + C)
+                se = row_sumexp(x, lo, C, m, ebuf, cached)
+                lse = lse_of(m, se)
+                xy = np.float64(x[lo + y])
+                py = 0.0
+                if not focal:
+                    py = ebuf[y] / se if cached else exp(xy - lse)
+                value, a, kw, gy = softmax_finish(
+                    lse, se, py, xy, w[y], al[y], W, row_wdot(x, lo, C, w, buf) if smooth else 0.0,
+                    eps, z, p1, C, gs)
+                total += value
+                if want_out:
+                    out[r] = value
+                if want_grad:
+                    row_softmax_grad(x, lo, C, lse, a, a / se, kw, w, ebuf, cached, grad)
+                    grad[lo + y] = gy
+            return total
+
+    elif loss in ("cross_entropy", "softmax_focal"):
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            T = min(S, TILE)
+            tps = (S + T - 1) // T
+            tpu = max(1, UNIT // (T * C))
+            q0 = u * tpu
+            q1 = min(q0 + tpu, n * tps)
+            cached = T * C <= TILE_CACHE
+            ebuf = np.empty(T * C if cached else 1)
+            mx = np.empty(T)      # the row max, then lse
+            se = np.empty(T)
+            sw = np.empty(T)
+            ga = np.empty(T)
+            qa = np.empty(T)
+            gk = np.empty(T)
+            gy = np.empty(T)
+            keep = np.empty(T)
+            yv = np.empty(T, np.int64)
+            smooth = (not focal) and eps != 0.0
+            total = 0.0
+            for q in range(q0, q1):
+                i = q // tps
+                s0 = (q - i * tps) * T
+                nt = min(T, S - s0)
+                xb = i * C * S + s0
+                rb = i * S + s0
+                tile_max(x, xb, S, C, nt, mx)
+                tile_sumexp(x, xb, S, C, nt, mx, se, ebuf, cached, T)
+                if smooth:
+                    tile_wdot(x, xb, S, C, nt, w, sw)
+                tile_lse(mx, se, nt)
+                for j in range(nt):
+                    y = t[rb + j]
+                    yv[j] = y
+                    if y == ignore:
+                        value = 0.0
+                        keep[j] = 0.0
+                        ga[j] = 0.0
+                        qa[j] = 0.0
+                        gk[j] = 0.0
+                    else:
+                        lse = mx[j]
+                        keep[j] = 1.0
+                        xy = np.float64(x[xb + y * S + j])
+                        py = 0.0
+                        if not focal:
+                            py = ebuf[y * T + j] / se[j] if cached else exp(xy - lse)
+                        value, a, kw, gyj = softmax_finish(
+                            lse, se[j], py, xy, w[y], al[y], W, sw[j] if smooth else 0.0, eps, z,
+                            p1, C, gs)
+                        ga[j] = a
+                        qa[j] = a / se[j]
+                        gk[j] = kw
+                        gy[j] = gyj
+                    total += value
+                    if want_out:
+                        out[rb + j] = value
+                if want_grad:
+                    tile_softmax_grad(x, xb, S, C, nt, mx, ga, qa, gk, keep, w, ebuf, cached, T,
+                                      grad)
+                    for j in range(nt):
+                        if keep[j] != 0.0:
+                            grad[xb + yv[j] * S + j] = gy[j]
+            return total
+
+    elif loss == "cross_entropy_prob" and not tiles:
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            rpu = max(1, UNIT // C)
+            r0 = u * rpu
+            r1 = min(r0 + rpu, n)
+            buf = np.empty(CHUNK)
+            buf2 = np.empty(CHUNK)
+            cached = C <= ROW_CACHE
+            ebuf = np.empty(C if cached else CHUNK)
+            total = 0.0
+            for r in range(r0, r1):
+                lo = r * C
+                m = row_max(x, lo, lo + C)
+                se = row_sumexp(x, lo, C, m, ebuf, cached)
+                lse = lse_of(m, se)
+                tw, twx = row_prob_sums(x, t, lo, C, w, eps, buf, buf2)
+                value, A = ce_prob_finish(lse, tw, twx, z)
+                total += value
+                if want_out:
+                    out[r] = value
+                if want_grad:
+                    row_prob_grad(x, t, lo, C, lse, gs * A, gs * A / se, gs, eps, w, ebuf, cached,
+                                  grad)
+            return total
+
+    elif loss == "cross_entropy_prob":
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            T = min(S, TILE)
+            tps = (S + T - 1) // T
+            tpu = max(1, UNIT // (T * C))
+            q0 = u * tpu
+            q1 = min(q0 + tpu, n * tps)
+            mx = np.empty(T)
+            se = np.empty(T)
+            tw = np.empty(T)
+            twx = np.empty(T)
+            ga = np.empty(T)
+            qa = np.empty(T)
+            cached = T * C <= TILE_CACHE
+            ebuf = np.empty(T * C if cached else 1)
+            total = 0.0
+            for q in range(q0, q1):
+                i = q // tps
+                s0 = (q - i * tps) * T
+                nt = min(T, S - s0)
+                xb = i * C * S + s0
+                rb = i * S + s0
+                tile_max(x, xb, S, C, nt, mx)
+                tile_sumexp(x, xb, S, C, nt, mx, se, ebuf, cached, T)
+                tile_prob_sums(x, t, xb, S, C, nt, w, eps, tw, twx)
+                tile_lse(mx, se, nt)
+                for j in range(nt):
+                    value, A = ce_prob_finish(mx[j], tw[j], twx[j], z)
+                    ga[j] = gs * A
+                    qa[j] = gs * A / se[j]
+                    total += value
+                    if want_out:
+                        out[rb + j] = value
+                if want_grad:
+                    tile_prob_grad(x, t, xb, S, C, nt, mx, ga, qa, gs, eps, w, ebuf, cached, T,
+                                   grad)
+            return total
+
+    elif loss == "nll" and not tiles:
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            rpu = max(1, UNIT // C)
+            r0 = u * rpu
+            r1 = min(r0 + rpu, n)
+            if want_grad:
+                zero(grad, r0 * C, r1 * C)
+            total = 0.0
+            for r in range(r0, r1):
+                y = t[r]
+                value = 0.0
+                if y != ignore:
+                    value, G = nll_finish(np.float64(x[r * C + y]), w[y])
+                    if want_grad:
+                        grad[r * C + y] = gs * G
+                total += value
+                if want_out:
+                    out[r] = value
+            return total
+
+    elif loss == "nll":
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            T = min(S, TILE)
+            tps = (S + T - 1) // T
+            tpu = max(1, UNIT // (T * C))
+            q0 = u * tpu
+            q1 = min(q0 + tpu, n * tps)
+            total = 0.0
+            for q in range(q0, q1):
+                i = q // tps
+                s0 = (q - i * tps) * T
+                nt = min(T, S - s0)
+                xb = i * C * S + s0
+                rb = i * S + s0
+                if want_grad:
+                    tile_zero(grad, xb, S, C, nt)
+                for j in range(nt):
+                    y = t[rb + j]
+                    value = 0.0
+                    if y != ignore:
+                        value, G = nll_finish(np.float64(x[xb + y * S + j]), w[y])
+                        if want_grad:
+                            grad[xb + y * S + j] = gs * G
+                    total += value
+                    if want_out:
+                        out[rb + j] = value
+            return total
+
+    elif loss == "multi_margin" and not tiles:
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            rpu = max(1, UNIT // C)
+            r0 = u * rpu
+            r1 = min(r0 + rpu, n)
+            hb = np.empty(CHUNK)
+            gb = np.empty(CHUNK)
+            total = 0.0
+            for r in range(r0, r1):
+                lo = r * C
+                y = t[r]
+                if y == ignore:
+                    if want_out:
+                        out[r] = 0.0
+                    if want_grad:
+                        zero(grad, lo, lo + C)
+                    continue
+                xy = np.float64(x[lo + y])
+                wy = w[y]
+                gq = gs * margin_finish(0.0, wy, C)[1]
+                hsum = gsum = 0.0
+                for c0 in range(0, C, CHUNK):
+                    k = min(CHUNK, C - c0)
+                    xc = x[lo + c0:lo + c0 + k]
+                    if want_grad:
+                        gc = grad[lo + c0:lo + c0 + k]
+                        for j in range(k):
+                            hv, dv = margin_term(np.float64(xc[j]), xy, p0, p1)
+                            other = c0 + j != y
+                            hb[j] = hv if other else 0.0
+                            g = gq * dv if other else 0.0
+                            gb[j] = g
+                            gc[j] = g
+                        gsum += lanesum(gb, k)
+                    else:
+                        for j in range(k):
+                            hv, dv = margin_term(np.float64(xc[j]), xy, p0, p1)
+                            hb[j] = hv if c0 + j != y else 0.0
+                    hsum += lanesum(hb, k)
+                value = margin_finish(hsum, wy, C)[0]
+                if want_grad:
+                    grad[lo + y] = -gsum
+                total += value
+                if want_out:
+                    out[r] = value
+            return total
+
+    elif loss == "multi_margin":
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            T = min(S, TILE)
+            tps = (S + T - 1) // T
+            tpu = max(1, UNIT // (T * C))
+            q0 = u * tpu
+            q1 = min(q0 + tpu, n * tps)
+            xyv = np.empty(T)
+            gq = np.empty(T)
+            hs = np.empty(T)
+            gsm = np.empty(T)
+            keep = np.empty(T)
+            yv = np.empty(T, np.int64)
+            total = 0.0
+            for q in range(q0, q1):
+                i = q // tps
+                s0 = (q - i * tps) * T
+                nt = min(T, S - s0)
+                xb = i * C * S + s0
+                rb = i * S + s0
+                for j in range(nt):
+                    y = t[rb + j]
+                    ok = y != ignore
+                    keep[j] = 1.0 if ok else 0.0
+                    yv[j] = y if ok else -1
+                    xyv[j] = np.float64(x[xb + y * S + j]) if ok else 0.0
+                    gq[j] = gs * margin_finish(0.0, w[y], C)[1] if ok else 0.0
+                    hs[j] = 0.0
+                    gsm[j] = 0.0
+                for c in range(C):
+                    xc = x[xb + c * S:xb + c * S + nt]
+                    if want_grad:
+                        gc = grad[xb + c * S:xb + c * S + nt]
+                        for j in range(nt):
+                            hv, dv = margin_term(np.float64(xc[j]), xyv[j], p0, p1)
+                            other = c != yv[j]
+                            hs[j] += hv if other else 0.0
+                            g = gq[j] * dv if other and keep[j] != 0.0 else 0.0
+                            gsm[j] += g
+                            gc[j] = g
+                    else:
+                        for j in range(nt):
+                            hv, dv = margin_term(np.float64(xc[j]), xyv[j], p0, p1)
+                            hs[j] += hv if c != yv[j] else 0.0
+                for j in range(nt):
+                    value = 0.0
+                    if keep[j] != 0.0:
+                        value = margin_finish(hs[j], w[yv[j]], C)[0]
+                        if want_grad:
+                            grad[xb + yv[j] * S + j] = -gsm[j]
+                    total += value
+                    if want_out:
+                        out[rb + j] = value
+            return total
+
+    elif loss == "crammer_singer" and not tiles:
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            rpu = max(1, UNIT // C)
+            r0 = u * rpu
+            r1 = min(r0 + rpu, n)
+            if want_grad:
+                zero(grad, r0 * C, r1 * C)
+            total = 0.0
+            for r in range(r0, r1):
+                lo = r * C
+                y = t[r]
+                if y == ignore:
+                    if want_out:
+                        out[r] = 0.0
+                    continue
+                xy = np.float64(x[lo + y])
+                m = vmax(row_max(x, lo, lo + y), row_max(x, lo + y + 1, lo + C))
+                value, active = crammer_finish(m, xy, p0)
+                if want_grad and active:
+                    kk = 0
+                    while kk == y or np.float64(x[lo + kk]) != m:
+                        kk += 1
+                    grad[lo + kk] = gs
+                    grad[lo + y] = -gs
+                total += value
+                if want_out:
+                    out[r] = value
+            return total
+
+    elif loss == "crammer_singer":
+        @jit
+        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+                 out, grad, u):
+            T = min(S, TILE)
+            tps = (S + T - 1) // T
+            tpu = max(1, UNIT // (T * C))
+            q0 = u * tpu
+            q1 = min(q0 + tpu, n * tps)
+            mx = np.empty(T)
+            kv = np.empty(T, np.int64)
+            yv = np.empty(T, np.int64)
+            total = 0.0
+            for q in range(q0, q1):
+                i = q // tps
+                s0 = (q - i * tps) * T
+                nt = min(T, S - s0)
+                xb = i * C * S + s0
+                rb = i * S + s0
+                for j in range(nt):
+                    y = t[rb + j]
+                    yv[j] = y if y != ignore else -1   # an ignored row: -1, value 0, grad 0
+                    mx[j] = ninf
+                    kv[j] = -1
+                for c in range(C):
+                    xc = x[xb + c * S:xb + c * S + nt]
+                    for j in range(nt):
+                        v = vmax(mx[j], np.float64(xc[j]))
+                        mx[j] = v if c != yv[j] else mx[j]
+                if want_grad:
+                    tile_zero(grad, xb, S, C, nt)
+                    for c in range(C):   # the first c != y attaining the max
+                        xc = x[xb + c * S:xb + c * S + nt]
+                        for j in range(nt):
+                            hit = kv[j] < 0 and c != yv[j] and np.float64(xc[j]) == mx[j]
+                            kv[j] = c if hit else kv[j]
+                for j in range(nt):
+                    y = yv[j]
+                    value = 0.0
+                    active = False
+                    if y >= 0:
+                        value, active = crammer_finish(mx[j], np.float64(x[xb + y * S + j]), p0)
+                    if want_grad and active:
+                        grad[xb + kv[j] * S + j] = gs
+                        grad[xb + y * S + j] = -gs
+                    total += value
+                    if want_out:
+                        out[rb + j] = value
+            return total
+
+    else:
+        raise ValueError(f"unknown row-wise kernel {loss!r}")
+    return unit
+
+
+def _rowwise_kernel(unit, parallel):
+    """prange over the work units, one float64 partial each."""
+    import numba
+
+    @numba.njit(parallel=parallel, nogil=True)
+    def kernel(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
+               out, grad, partials):
+        for u in numba.prange(partials.size):
+            partials[u] = unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out,
+                               want_grad, gs, out, grad, np.int64(u))
+    kernel.unit = unit   # for inspection (unit.inspect_asm(...))
+    return kernel
+
+
+def _rowwise_get(loss: str, tiles: bool, parallel: bool):
+    return _built.get(("rowwise", loss, tiles, parallel), lambda: _rowwise_kernel(
+        _built.get(("rowunit", loss, tiles), lambda: _build_rowwise_unit(loss, tiles)), parallel))
+
+
+def _labels_int64(target):
+    """Labels as a flat int64 array: a copy (O(rows)) only for another dtype, so
+    the kernels are compiled for one label type."""
+    t = np.ascontiguousarray(target).reshape(-1)
+    return t if t.dtype == np.int64 else t.astype(np.int64)
+
+
+def rowwise(call):
+    """(total_scale * sum of row values as a float, per-row values or None,
+    grad or None) for one kernels.RowwiseCall."""
+    x = call.input
+    dtype = x.dtype
+    n, C, S = int(call.n), int(call.classes), int(call.inner)
+    rows = n * S
+    loss = call.loss
+    if loss == "cross_entropy_prob":
+        t = np.ascontiguousarray(call.target).reshape(-1)
+    else:
+        t = _labels_int64(call.target)
+    if call.weight is None or loss == "crammer_singer":
+        w = np.ones(max(C, 1), np.float64)
+    else:
+        w = np.ascontiguousarray(call.weight, np.float64).reshape(-1)
+    if call.alpha is None or loss != "softmax_focal":
+        al = np.full(max(C, 1), float(call.p0), np.float64)
+    else:
+        al = np.ascontiguousarray(call.alpha, np.float64).reshape(-1)
+    W = float(w[:C].sum())
+    ignore = int(call.ignore_index)   # every label kernel (as the C kernels and the reference)
+    dummy = np.zeros(1, dtype)
+    out = np.empty(rows, dtype) if call.want_out else dummy
+    grad = np.empty(x.size, dtype) if call.want_grad else dummy
+    partials = np.zeros(_rowwise_units(n, C, S) if C > 0 else 0, np.float64)
+    global _threads_started
+    parallel = not _forked_child
+    kernel = _rowwise_get(loss, S != 1, parallel)
+    if parallel:
+        _apply_thread_count()
+        _threads_started = True
+    if partials.size:
+        kernel(x, t, w, al, W, n, C, S, ignore, float(call.smoothing),
+               float(call.z_loss), float(call.p0), float(call.p1), bool(call.want_out),
+               bool(call.want_grad), float(call.grad_scale), out, grad, partials)
+    elif call.want_out:
+        out[:] = 0
+    total = float(partials.sum())
+    return (total * call.total_scale, out if call.want_out else None,
+            grad if call.want_grad else None)
+
+
+def _build_scan(parallel):
+    import numba
+
+    @numba.njit(nogil=True, error_model="numpy")
+    def block(t, classes, ignore, w, has_w, lo, hi):
+        ws = 0.0
+        count = 0
+        for r in range(lo, hi):
+            y = t[r]
+            if y == ignore:
+                continue
+            if y < 0 or y >= classes:
+                return r, ws, count
+            count += 1
+            if has_w:
+                ws += w[y]
+        return -1, ws, count
+
+    @numba.njit(parallel=parallel, nogil=True)
+    def kernel(t, classes, ignore, w, has_w, bad, ws, cnt):
+        n = t.size
+        for b in numba.prange(bad.size):
+            lo = b * BLOCK
+            r, s, k = block(t, classes, ignore, w, has_w, lo, min(lo + BLOCK, n))
+            bad[b] = r
+            ws[b] = s
+            cnt[b] = k
+    return kernel
+
+
+def scan_labels(target, classes, ignore_index, weight):
+    """(first_bad, weight_sum, count) of flat labels, as notes/rowwise_spec.md:
+    first_bad the smallest index of a label outside [0, classes) that is not
+    ignore_index (-1 if none); count the valid rows; weight_sum the sum of
+    weight[label] over them (float64, fixed order; = count without a weight).
+    When first_bad >= 0 the other two are unspecified."""
+    t = _labels_int64(target)
+    n = t.size
+    blocks = (n + BLOCK - 1) // BLOCK
+    bad = np.empty(blocks, np.int64)
+    ws = np.zeros(blocks, np.float64)
+    cnt = np.zeros(blocks, np.int64)
+    has_w = weight is not None
+    w = np.ascontiguousarray(weight, np.float64).reshape(-1) if has_w else np.zeros(1)
+    global _threads_started
+    parallel = not _forked_child
+    kernel = _built.get(("scan_labels", parallel), lambda: _build_scan(parallel))
+    if parallel:
+        _apply_thread_count()
+        _threads_started = True
+    if blocks:
+        kernel(t, int(classes), int(ignore_index), w, has_w, bad, ws, cnt)
+    hits = bad[bad >= 0]
+    first_bad = int(hits[0]) if hits.size else -1
+    count = int(cnt.sum())
+    return first_bad, (float(ws.sum()) if has_w else float(count)), count

@@ -226,3 +226,427 @@ def first_outside(array, lo, hi) -> int:
 def first_not_pm1(array) -> int:
     return _first_bad(array, 0.0, 0.0, True)
 
+
+
+# ---------------------------------------------------------------------------
+# Row-wise (multi-class) kernels: ``rowwise(call)`` and ``scan_labels(...)``.
+#
+# Layout and formulas: kernels.RowwiseCall and notes/rowwise_spec.md; the
+# per-row math comes from ._rowmath, the source the CPU kernels compile too.
+# Two kernel shapes, picked by the shape alone:
+#
+# * a thread per row (S > 1, or C <= ROW_BLOCK_MIN_C): grid-stride over the
+#   rows r = i*S + s, so adjacent threads take adjacent s (coalesced loads
+#   where S > 1); each thread loops over its row's C classes;
+# * a block per row (S == 1 and C > ROW_BLOCK_MIN_C): the block's threads
+#   stride over the classes, the row max / sums are block reductions in the
+#   fixed tree of _block_sum, and the same block writes the row's gradient.
+#
+# One source for both: each loss's row function is built with the reductions
+# (identity or block tree) and the class stride (1 or blockDim) of its shape.
+# The value: per-thread sums, a fixed tree per block, one partial per block,
+# finish_sum in order -- a result that depends on the shape only.
+# ---------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+ROW_BLOCK_MIN_C = 64     # more classes than this, with S == 1: a block per row
+_NINF = -math.inf
+
+
+@cuda.jit(device=True)
+def _block_max(shared, v):
+    """The block's max of every thread's ``v`` (nan propagates), fixed tree."""
+    tid = cuda.threadIdx.x
+    shared[tid] = v
+    cuda.syncthreads()
+    step = cuda.blockDim.x // 2
+    while step > 0:
+        if tid < step:
+            b = shared[tid + step]
+            if b > shared[tid] or b != b:
+                shared[tid] = b
+        cuda.syncthreads()
+        step //= 2
+    total = shared[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit(device=True)
+def _block_min(shared, v):
+    """The block's min of every thread's ``v`` (no nan here), fixed tree."""
+    tid = cuda.threadIdx.x
+    shared[tid] = v
+    cuda.syncthreads()
+    step = cuda.blockDim.x // 2
+    while step > 0:
+        if tid < step and shared[tid + step] < shared[tid]:
+            shared[tid] = shared[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    total = shared[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit(device=True)
+def _same(shared, v):
+    return v
+
+
+def _row_math():
+    from . import _rowmath
+    return _built.get("rowmath", lambda: _rowmath.compile_for(cuda.jit(device=True)))
+
+
+def _row_function(loss, per_block):
+    """The device function computing one row of ``loss``: its value (every
+    thread of a block gets it) and, with want_grad, its gradient entries for
+    the classes c = c0, c0 + cstep, ... < C."""
+    rm = _row_math()
+    vmax, lse_of, ce_finish, smooth_target = (rm["vmax"], rm["lse_of"], rm["ce_finish"],
+                                              rm["smooth_target"])
+    ce_prob_finish, nll_finish, focal_finish = (rm["ce_prob_finish"], rm["nll_finish"],
+                                                rm["focal_finish"])
+    margin_term, margin_finish, crammer_finish = (rm["margin_term"], rm["margin_finish"],
+                                                  rm["crammer_finish"])
+    red_sum, red_max, red_min = (_block_sum, _block_max, _block_min) if per_block else \
+        (_same, _same, _same)
+    ninf = _NINF
+    dev = cuda.jit(device=True)
+
+    # one signature for every loss:
+    # (x, t, w, al, has_w, has_al, wsum, C, S, r, base, ignore, eps, z, p0, p1,
+    #  want_grad, gs, grad, shared, c0, cstep); element (i, c, s) at base + c*S
+
+    @dev
+    def zero_row(grad, C, S, base, c0, cstep):
+        c = c0
+        while c < C:
+            grad[base + c * S] = 0
+            c += cstep
+
+    @dev
+    def softmax_stats(x, C, S, base, shared, c0, cstep):
+        """(row max, sum exp(x - max)) over the row."""
+        m = ninf
+        c = c0
+        while c < C:
+            m = vmax(m, float64(x[base + c * S]))
+            c += cstep
+        m = red_max(shared, m)
+        se = 0.0
+        c = c0
+        while c < C:
+            se += math.exp(float64(x[base + c * S]) - m)
+            c += cstep
+        return m, red_sum(shared, se)
+
+    if loss in ("cross_entropy", "softmax_focal"):
+        focal = loss == "softmax_focal"
+
+        @dev
+        def row(x, t, w, al, has_w, has_al, wsum, C, S, r, base, ignore, eps, z, p0, p1,
+                want_grad, gs, grad, shared, c0, cstep):
+            y = int64(t[r])
+            if y == ignore:
+                if want_grad:
+                    zero_row(grad, C, S, base, c0, cstep)
+                return 0.0
+            m, se = softmax_stats(x, C, S, base, shared, c0, cstep)
+            lse = lse_of(m, se)
+            xy = float64(x[base + y * S])
+            wy = float64(w[y]) if has_w else 1.0
+            k = eps / C
+            if focal:
+                a = (float64(al[y]) if has_al else p0) * wy
+                value, A, u = focal_finish(lse, xy, a, p1)
+                B = 0.0
+                k = 0.0
+            else:
+                swx = 0.0
+                if eps != 0.0:
+                    c = c0
+                    while c < C:
+                        swx += (float64(w[c]) if has_w else 1.0) * float64(x[base + c * S])
+                        c += cstep
+                    swx = red_sum(shared, swx)
+                W = wsum[0] if has_w else float64(C)
+                value, A, B = ce_finish(lse, xy, wy, W, swx, eps, z, C)
+                u = 0.0
+            if want_grad:
+                c = c0
+                while c < C:
+                    p = math.exp(float64(x[base + c * S]) - lse)
+                    if focal:
+                        g = A * (-u if c == y else p)
+                    else:
+                        wc = float64(w[c]) if has_w else 1.0
+                        g = A * p - B - k * wc if c == y else A * p - k * wc
+                    grad[base + c * S] = gs * g
+                    c += cstep
+            return value
+
+    elif loss == "cross_entropy_prob":
+        @dev
+        def row(x, t, w, al, has_w, has_al, wsum, C, S, r, base, ignore, eps, z, p0, p1,
+                want_grad, gs, grad, shared, c0, cstep):
+            m, se = softmax_stats(x, C, S, base, shared, c0, cstep)
+            lse = lse_of(m, se)
+            tw = 0.0
+            twx = 0.0
+            c = c0
+            while c < C:
+                a = (float64(w[c]) if has_w else 1.0) * smooth_target(float64(t[base + c * S]),
+                                                                      eps, C)
+                tw += a
+                twx += a * float64(x[base + c * S])
+                c += cstep
+            tw = red_sum(shared, tw)
+            twx = red_sum(shared, twx)
+            value, A = ce_prob_finish(lse, tw, twx, z)
+            if want_grad:
+                c = c0
+                while c < C:
+                    a = (float64(w[c]) if has_w else 1.0) * smooth_target(
+                        float64(t[base + c * S]), eps, C)
+                    grad[base + c * S] = gs * (A * math.exp(float64(x[base + c * S]) - lse) - a)
+                    c += cstep
+            return value
+
+    elif loss == "nll":
+        @dev
+        def row(x, t, w, al, has_w, has_al, wsum, C, S, r, base, ignore, eps, z, p0, p1,
+                want_grad, gs, grad, shared, c0, cstep):
+            y = int64(t[r])
+            if want_grad:
+                zero_row(grad, C, S, base, c0, cstep)
+            if y == ignore:
+                return 0.0
+            value, G = nll_finish(float64(x[base + y * S]), float64(w[y]) if has_w else 1.0)
+            if want_grad and c0 == y % cstep:   # the thread that owns class y
+                grad[base + y * S] = gs * G
+            return value
+
+    elif loss == "multi_margin":
+        @dev
+        def row(x, t, w, al, has_w, has_al, wsum, C, S, r, base, ignore, eps, z, p0, p1,
+                want_grad, gs, grad, shared, c0, cstep):
+            y = int64(t[r])
+            if y == ignore:
+                if want_grad:
+                    zero_row(grad, C, S, base, c0, cstep)
+                return 0.0
+            xy = float64(x[base + y * S])
+            wy = float64(w[y]) if has_w else 1.0
+            gq = gs * margin_finish(0.0, wy, C)[1]
+            hs = 0.0
+            gsum = 0.0
+            c = c0
+            while c < C:
+                if c != y:
+                    h, d = margin_term(float64(x[base + c * S]), xy, p0, p1)
+                    hs += h
+                    if want_grad:
+                        grad[base + c * S] = gq * d
+                        gsum += gq * d
+                c += cstep
+            hs = red_sum(shared, hs)
+            if want_grad:
+                gsum = red_sum(shared, gsum)
+                if c0 == y % cstep:
+                    grad[base + y * S] = -gsum
+            return margin_finish(hs, wy, C)[0]
+
+    elif loss == "crammer_singer":
+        @dev
+        def row(x, t, w, al, has_w, has_al, wsum, C, S, r, base, ignore, eps, z, p0, p1,
+                want_grad, gs, grad, shared, c0, cstep):
+            y = int64(t[r])
+            if y == ignore:
+                if want_grad:
+                    zero_row(grad, C, S, base, c0, cstep)
+                return 0.0
+            xy = float64(x[base + y * S])
+            m = ninf
+            c = c0
+            while c < C:
+                if c != y:
+                    m = vmax(m, float64(x[base + c * S]))
+                c += cstep
+            m = red_max(shared, m)
+            value, active = crammer_finish(m, xy, p0)
+            if want_grad:
+                kk = float64(C)
+                if active:   # the first c != y attaining m (the thread's first is its smallest)
+                    c = c0
+                    while c < C:
+                        if c != y and float64(x[base + c * S]) == m:
+                            kk = float64(c)
+                            break
+                        c += cstep
+                    kk = red_min(shared, kk)
+                c = c0
+                while c < C:
+                    g = 0.0
+                    if active:
+                        if c == kk:
+                            g = gs
+                        elif c == y:
+                            g = -gs
+                    grad[base + c * S] = g
+                    c += cstep
+            return value
+
+    else:
+        raise ValueError(f"unknown row-wise kernel {loss!r}")
+    return row
+
+
+def _rowwise_kernel(loss, per_block):
+    threads, _ = _geometry()
+    row = _row_function(loss, per_block)
+
+    @cuda.jit
+    def kernel(x, t, w, al, has_w, has_al, wsum, n, C, S, ignore, eps, z, p0, p1, want_out,
+               want_grad, gs, out, grad, partials):
+        shared = cuda.shared.array(threads, float64)
+        rows = n * S
+        acc = 0.0
+        if per_block:
+            c0 = cuda.threadIdx.x
+            cstep = cuda.blockDim.x
+            r = cuda.blockIdx.x
+            rstep = cuda.gridDim.x
+        else:
+            c0 = 0
+            cstep = 1
+            r = cuda.grid(1)
+            rstep = cuda.gridsize(1)
+        while r < rows:   # uniform across a block in the block-per-row shape
+            i = r // S
+            base = i * C * S + (r - i * S)
+            value = row(x, t, w, al, has_w, has_al, wsum, C, S, r, base, ignore, eps, z, p0, p1,
+                        want_grad, gs, grad, shared, c0, cstep)
+            if c0 == 0:
+                acc += value
+                if want_out:
+                    out[r] = value
+            r += rstep
+        total = _block_sum(shared, acc)
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = total
+
+    return kernel
+
+
+def _build_row_shared():
+    threads, _ = _geometry()
+
+    @cuda.jit
+    def weight_sum(w, result):
+        # one block: sum of the class weights (W of the smoothing term), fixed tree
+        shared = cuda.shared.array(threads, float64)
+        s = 0.0
+        for k in range(cuda.threadIdx.x, w.size, threads):
+            s += float64(w[k])
+        total = _block_sum(shared, s)
+        if cuda.threadIdx.x == 0:
+            result[0] = total
+
+    @cuda.jit
+    def scan(t, classes, ignore, w, has_w, bad, ws, cnt):
+        # per block: the smallest bad index (or n), the weight sum and count of valid rows
+        shared = cuda.shared.array(threads, float64)
+        n = t.size
+        best = float64(n)      # indices < 2**53: exact in float64
+        s = 0.0
+        k = 0.0
+        i = cuda.grid(1)
+        while i < n:
+            y = int64(t[i])
+            if y != ignore:
+                if y < 0 or y >= classes:
+                    if i < best:
+                        best = float64(i)
+                else:
+                    k += 1.0
+                    s += float64(w[y]) if has_w else 1.0
+            i += cuda.gridsize(1)
+        best = _block_min(shared, best)
+        s = _block_sum(shared, s)
+        k = _block_sum(shared, k)
+        if cuda.threadIdx.x == 0:
+            bad[cuda.blockIdx.x] = best
+            ws[cuda.blockIdx.x] = s
+            cnt[cuda.blockIdx.x] = k
+
+    return weight_sum, scan
+
+
+def _row_shared():
+    return _built.get("row_shared", _build_row_shared)
+
+
+def rowwise(call):
+    """(0-d device value = total_scale * sum of row values, per-row values or
+    None, grad or None) for one kernels.RowwiseCall on the GPU."""
+    loss = call.loss
+    n, C, S = int(call.n), int(call.classes), int(call.inner)
+    rows = n * S
+    per_block = S == 1 and C > ROW_BLOCK_MIN_C
+    kernel = _built.get(("rowwise", loss, per_block), lambda: _rowwise_kernel(loss, per_block))
+    finish_sum, _ = _shared_kernels()
+    weight_sum, _ = _row_shared()
+    x = _as_device(call.input)
+    x = x.reshape(x.size)
+    t = _as_device(call.target)
+    t = t.reshape(t.size)
+    dtype = np.dtype(x.dtype)
+    dummy = cuda.device_array(1, dtype)
+    has_w = call.weight is not None and loss != "crammer_singer"
+    has_al = call.alpha is not None and loss == "softmax_focal"
+    w = _as_device(call.weight).reshape(call.weight.size) if has_w else dummy
+    al = _as_device(call.alpha).reshape(call.alpha.size) if has_al else dummy
+    ignore = int(call.ignore_index)   # every label kernel (as the C kernels and the reference)
+    threads, most = _geometry()
+    wsum = cuda.device_array(1, np.float64)
+    if has_w and loss == "cross_entropy" and call.smoothing != 0.0:
+        weight_sum[1, threads](w, wsum)
+    out = cuda.device_array(rows, dtype) if call.want_out else dummy
+    grad = cuda.device_array(x.size, dtype) if call.want_grad else dummy
+    blocks = max(1, min(most, rows)) if per_block else _blocks(rows)
+    partials = cuda.device_array(blocks, np.float64)
+    result = cuda.device_array(1, dtype)
+    kernel[blocks, threads](x, t, w, al, has_w, has_al, wsum, n, C, S, ignore,
+                            float(call.smoothing), float(call.z_loss), float(call.p0),
+                            float(call.p1), bool(call.want_out), bool(call.want_grad),
+                            float(call.grad_scale), out, grad, partials)
+    finish_sum[1, threads](partials, float(call.total_scale), result)
+    return (result.reshape(()), out if call.want_out else None,
+            grad if call.want_grad else None)
+
+
+def scan_labels(target, classes, ignore_index, weight):
+    """(first_bad, weight_sum, count) of device labels, as host Python numbers
+    (see numba_cpu.scan_labels; the same contract)."""
+    _, scan = _row_shared()
+    t = _as_device(target)
+    n = t.size
+    t = t.reshape(n)
+    threads, _ = _geometry()
+    blocks = _blocks(n)
+    has_w = weight is not None
+    w = _as_device(weight).reshape(weight.size) if has_w else cuda.device_array(1, np.float64)
+    bad = cuda.device_array(blocks, np.float64)
+    ws = cuda.device_array(blocks, np.float64)
+    cnt = cuda.device_array(blocks, np.float64)
+    if n:
+        scan[blocks, threads](t, int(classes), int(ignore_index), w, has_w, bad, ws, cnt)
+    else:
+        return -1, 0.0, 0
+    best = int(bad.copy_to_host().min())
+    count = int(cnt.copy_to_host().sum())
+    weight_sum = float(ws.copy_to_host().sum()) if has_w else float(count)
+    return (-1 if best >= n else best), weight_sum, count

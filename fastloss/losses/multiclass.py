@@ -33,6 +33,8 @@ MULTICLASS_LOSSES = {
     "multiclass_hinge_loss": ("crammer_singer",),
 }
 
+_NO_IGNORE = -(2 ** 63)
+
 # how "mean" divides the sum of the row values
 _BY_WEIGHT = "weight"     # the weights of the non-ignored targets (their count without weight)
 _BY_VALID = "valid"       # the number of non-ignored targets
@@ -116,7 +118,9 @@ def _run(public, input, target, *, reduction, return_grad, backend, weight=None,
         if t.shape != row_shape:
             raise ValueError(f"target: class indices must have shape {row_shape} (the "
                              f"input's {shape} without the class axis), got {t.shape}")
-    ignore = -100 if ignore_index is None else ignore_index
+    # losses without ignore_index: a value no label can take (-2**63), so every
+    # label is checked and every row counts
+    ignore = _NO_IGNORE if ignore_index is None else ignore_index
 
     on_gpu = x.on_gpu
     if weight is not None:
@@ -183,8 +187,9 @@ def _raise_bad_label(t: ArrayMeta, flat_index, classes, ignore):
         value = _read_gpu_element(t.array, flat_index)
     else:
         value = np.asarray(t.array).reshape(-1)[flat_index]
+    which = "" if ignore == _NO_IGNORE else f" and is not ignore_index={ignore}"
     raise ValueError(f"target: class index {int(value)} at position {tuple(map(int, position))} "
-                     f"is outside [0, {classes}) and is not ignore_index={ignore}")
+                     f"is outside [0, {classes}){which}")
 
 
 def _read_gpu_element(array, flat_index):
