@@ -49,6 +49,18 @@ def to_host(value):
     return value.copy_to_host() if hasattr(value, "copy_to_host") else np.asarray(value)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``-n 2 --dist loadgroup``, the README's command) the
+    tests of one loss run on one worker: each worker then compiles a loss's
+    Numba kernels once, instead of every worker compiling every kernel (the
+    compiles are most of the suite's time)."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        loss = params.get("fn_name") or params.get("name")
+        if isinstance(loss, str):
+            item.add_marker(pytest.mark.xdist_group(loss))
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads_and_isa():
     yield
