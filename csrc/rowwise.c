@@ -66,7 +66,7 @@ int fl_row_count(void) { return RW_NLOSS; }
 const char *fl_row_name(int loss) { return loss >= 0 && loss < RW_NLOSS ? row_names[loss] : NULL; }
 
 #define RW_SEG FL_UNIT   /* values per row segment */
-#define RW_TILE 256      /* most positions per tile */
+#define RW_TILE 1024      /* most positions per tile */
 enum { RW_NEED_NONE, RW_NEED_WX, RW_NEED_PROB };
 enum { RW_PHASE_ROWS, RW_PHASE_TILES, RW_PHASE_SPLIT_STATS, RW_PHASE_SPLIT_FINISH, RW_PHASE_SPLIT_GRAD };
 
@@ -108,6 +108,25 @@ FL_INLINE void rw_fold(rw_seg *a, const rw_seg *b, int first)
     a->shift = m;
     a->s1 += b->s1;
     a->s2 += b->s2;
+}
+
+/* labels [r0, r0 + m) as int32, ignore_index as -1 (one loop per label type,
+ * so that each vectorises) */
+static void rw_labels_int32(const fl_row_args *A, int64_t r0, int m, int32_t *lab)
+{
+    const int64_t ig = A->ignore_index;
+#define RW_LABELS(TY)                                           \
+    {                                                           \
+        const TY *v = (const TY *)A->target + r0;               \
+        for (int j = 0; j < m; j++)                             \
+            lab[j] = (int64_t)v[j] == ig ? -1 : (int32_t)v[j];  \
+    }
+    switch (A->label_type) {
+    case 0: RW_LABELS(int32_t) break;
+    case 1: RW_LABELS(int64_t) break;
+    default: RW_LABELS(uint8_t) break;
+    }
+#undef RW_LABELS
 }
 
 FL_INLINE int64_t rw_label(const fl_row_args *A, int64_t r)
@@ -235,7 +254,7 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
         units = (R + J.rows_per_unit - 1) / J.rows_per_unit;
     } else {
         /* a tile's C x B values stay in L2 between its passes */
-        int64_t b = ((int64_t)1 << 16) / C / 16 * 16;
+        int64_t b = ((int64_t)1 << 18) / C / 16 * 16;
         b = b < 16 ? 16 : b > RW_TILE ? RW_TILE : b;
         J.tile = b < S ? b : S;
         J.tiles = (S + J.tile - 1) / J.tile;

@@ -314,11 +314,12 @@ FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
     double sum[RW_TILE], s1[RW_TILE], s2[RW_TILE], logsum[RW_TILE];
     double total = 0.0;
 
-    for (int j = 0; j < B; j++) {
-        const int64_t y = prob ? 0 : rw_label(A, i * S + s0 + j);
-        lab[j] = y == A->ignore_index ? -1 : (int32_t)y;
+    for (int j = 0; j < B; j++)
         xy[j] = 0;
-    }
+    if (prob)
+        memset(lab, 0, (size_t)B * sizeof lab[0]);
+    else
+        rw_labels_int32(A, i * S + s0, B, lab);
     if (loss == RW_LOSS(nll)) {
         for (int64_t c = 0; c < C; c++)
             for (int j = 0; j < B; j++)
