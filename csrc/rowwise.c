@@ -66,6 +66,7 @@ int fl_row_count(void) { return RW_NLOSS; }
 const char *fl_row_name(int loss) { return loss >= 0 && loss < RW_NLOSS ? row_names[loss] : NULL; }
 
 #define RW_SEG FL_UNIT   /* values per row segment */
+#define RW_ROW_SEGS 64  /* the fused loop keeps this many segment shifts (longer rows: split) */
 #define RW_TILE 1024      /* most positions per tile */
 enum { RW_NEED_NONE, RW_NEED_WX, RW_NEED_PROB };
 enum { RW_PHASE_ROWS, RW_PHASE_TILES, RW_PHASE_SPLIT_STATS, RW_PHASE_SPLIT_FINISH, RW_PHASE_SPLIT_GRAD };
@@ -244,7 +245,8 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
     int64_t units;
     if (S == 1) {
         J.nseg = (C + RW_SEG - 1) / RW_SEG;
-        if (softmax && J.nseg >= 4 && R < 4 * (int64_t)nthreads && nthreads > 1) {
+        if (softmax && ((J.nseg >= 4 && R < 4 * (int64_t)nthreads && nthreads > 1) ||
+                        J.nseg > RW_ROW_SEGS)) {
             rc = rw_split(&J, fn, nthreads);
             free(wt);
             return rc;

@@ -104,12 +104,15 @@ FL_ATTR static T RW(vmax)(const T *restrict x, int64_t m)
 }
 
 /* The statistics of one segment x[0..m) of a row (see rw_seg in rowwise.c):
- * its max as the shift (0 if it is -inf); sum exp(x - shift); and what the loss needs besides, s1 = sum w x
- * (label smoothing) or, for probability targets t' = keep t + add,
- * s1 = sum w t' x and s2 = sum w t'.  w may be NULL (all 1). */
+ * its max as the shift (0 if it is -inf); sum exp(x - shift); and what the
+ * loss needs besides, s1 = sum w x (label smoothing) or, for probability
+ * targets t' = keep t + add, s1 = sum w t' x and s2 = sum w t'.  w may be
+ * NULL (all 1).  If e is not NULL the exps are left there (the gradient
+ * output: the gradient pass then rescales them in place, with no second exp
+ * and no second read of x). */
 FL_ATTR static void RW(seg_stats)(int need, const T *restrict x, const T *restrict t,
                                    const T *restrict w, T keep, T add, int64_t m,
-                                   rw_seg *restrict st)
+                                   rw_seg *restrict st, T *restrict e)
 {
     T mx = RW(vmax)(x, m);
     /* an all -inf segment adds exp(-inf) = 0 (not exp(-inf - -inf) = nan):
@@ -121,9 +124,10 @@ FL_ATTR static void RW(seg_stats)(int need, const T *restrict x, const T *restri
     for (int64_t off = 0; off < m; off += FL_SUB) {
         const int mm = m - off < FL_SUB ? (int)(m - off) : FL_SUB;
         const T *xo = x + off;
+        T *eo = e ? e + off : buf;
         for (int i = 0; i < mm; i++)
-            buf[i] = VM(exp)(xo[i] - shift);
-        LANES_ADD(acc, buf, mm);
+            eo[i] = VM(exp)(xo[i] - shift);
+        LANES_ADD(acc, eo, mm);
         if (need == RW_NEED_WX) {
             if (w)
                 for (int i = 0; i < mm; i++)
@@ -148,25 +152,43 @@ FL_ATTR static void RW(seg_stats)(int need, const T *restrict x, const T *restri
     st->s2 = fl_lanes_fold(a2);
 }
 
-/* g = a1 exp(x - mx) - d w  (the softmax part of the gradient; w NULL: 1),
- * for probability targets (t != NULL) - d w (keep t + add) instead */
-FL_ATTR static void RW(seg_grad)(const T *restrict x, const T *restrict t, const T *restrict w,
-                                  T mx, T a1, T d, T keep, T add, int64_t m, T *restrict g)
+/* g holds exp(x - shift) of one segment: g = coef g - d w, the softmax part of
+ * the gradient (coef = a1 exp(shift - the row's shift); w NULL: 1), for
+ * probability targets (t != NULL) - d w (keep t + add) instead */
+FL_ATTR static void RW(seg_grad)(const T *restrict t, const T *restrict w, T coef, T d, T keep,
+                                  T add, int64_t m, T *restrict g)
 {
     if (t) {
         if (w)
             for (int64_t i = 0; i < m; i++)
-                g[i] = a1 * VM(exp)(x[i] - mx) - d * (w[i] * (keep * t[i] + add));
+                g[i] = coef * g[i] - d * (w[i] * (keep * t[i] + add));
         else
             for (int64_t i = 0; i < m; i++)
-                g[i] = a1 * VM(exp)(x[i] - mx) - d * (keep * t[i] + add);
+                g[i] = coef * g[i] - d * (keep * t[i] + add);
     } else if (w) {
         for (int64_t i = 0; i < m; i++)
-            g[i] = a1 * VM(exp)(x[i] - mx) - d * w[i];
+            g[i] = coef * g[i] - d * w[i];
     } else {
         for (int64_t i = 0; i < m; i++)
-            g[i] = a1 * VM(exp)(x[i] - mx) - d;
+            g[i] = coef * g[i] - d;
     }
+}
+
+/* The gradient of segment [c0, c0 + m) of a row from its kept exps, the
+ * segment's shift and the row's coefficients (the same call in the fused
+ * and the split loops: the same bits). */
+FL_ATTR static void RW(row_seg_grad)(const rw_job *J, int64_t r, int64_t c0, int64_t m,
+                                      double seg_shift, const rw_coef *k)
+{
+    const fl_row_args *A = J->A;
+    T *g = (T *)A->grad + r * A->classes + c0;
+    const T *t = J->loss == RW_LOSS(cross_entropy_prob)
+                     ? (const T *)A->target + r * A->classes + c0 : NULL;
+    const T *w = J->wt ? (const T *)J->wt + c0 : NULL;
+    const T coef = (T)(k->a1 * exp(seg_shift - k->shift));
+    RW(seg_grad)(t, w, coef, (T)k->d, (T)J->keep, (T)J->add, m, g);
+    if (k->y >= c0 && k->y < c0 + m)
+        g[k->y - c0] -= (T)k->b;
 }
 
 /* multi_margin over one row: the value (before w_y / C) and, if g, the
@@ -218,16 +240,20 @@ FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
     double value = 0.0;
     if (loss == RW_LOSS(cross_entropy_prob)) {
         const T *t = (const T *)A->target + r * C;
+        double shifts[RW_ROW_SEGS];
         rw_seg row = {0}, seg;
-        for (int64_t c0 = 0; c0 < C; c0 += RW_SEG) {
+        for (int64_t c0 = 0, s = 0; c0 < C; c0 += RW_SEG, s++) {
             const int64_t m = C - c0 < RW_SEG ? C - c0 : RW_SEG;
             RW(seg_stats)(RW_NEED_PROB, x + c0, t + c0, w ? w + c0 : NULL, (T)J->keep,
-                          (T)J->add, m, &seg);
+                          (T)J->add, m, &seg, g ? g + c0 : NULL);
             rw_fold(&row, &seg, c0 == 0);
+            shifts[s] = seg.shift;
         }
         rw_coef k = RW(finish_seg)(J, &row, 0.0, 1.0, 1.0);
+        k.y = -1;
         if (g)
-            RW(seg_grad)(x, t, w, (T)row.shift, (T)k.a1, (T)k.d, (T)J->keep, (T)J->add, C, g);
+            for (int64_t c0 = 0, s = 0; c0 < C; c0 += RW_SEG, s++)
+                RW(row_seg_grad)(J, r, c0, C - c0 < RW_SEG ? C - c0 : RW_SEG, shifts[s], &k);
         return k.value;
     }
     const int64_t y = rw_label(A, r);
@@ -272,19 +298,21 @@ FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
         return h > 0 ? h : (h == h ? 0.0 : h);
     }
     default: { /* cross_entropy, softmax_focal */
+        double shifts[RW_ROW_SEGS];
         rw_seg row = {0}, seg;
-        const int need = J->need;
-        for (int64_t c0 = 0; c0 < C; c0 += RW_SEG) {
+        for (int64_t c0 = 0, s = 0; c0 < C; c0 += RW_SEG, s++) {
             const int64_t m = C - c0 < RW_SEG ? C - c0 : RW_SEG;
-            RW(seg_stats)(need, x + c0, NULL, w ? w + c0 : NULL, 0, 0, m, &seg);
+            RW(seg_stats)(J->need, x + c0, NULL, w ? w + c0 : NULL, 0, 0, m, &seg,
+                          g ? g + c0 : NULL);
             rw_fold(&row, &seg, c0 == 0);
+            shifts[s] = seg.shift;
         }
         const double alpha_y = A->alpha ? A->alpha[y] : A->p0;
         rw_coef k = RW(finish_seg)(J, &row, (double)x[y], wy, alpha_y);
-        if (g) {
-            RW(seg_grad)(x, NULL, w, (T)row.shift, (T)k.a1, (T)k.d, 0, 0, C, g);
-            g[y] -= (T)k.b;
-        }
+        k.y = y;
+        if (g)
+            for (int64_t c0 = 0, s = 0; c0 < C; c0 += RW_SEG, s++)
+                RW(row_seg_grad)(J, r, c0, C - c0 < RW_SEG ? C - c0 : RW_SEG, shifts[s], &k);
         return k.value;
     }
     }
@@ -451,7 +479,8 @@ FL_ATTR static void RW(unit)(void *ctx, int64_t u)
         const T *t = J->loss == RW_LOSS(cross_entropy_prob) ? (const T *)A->target + r * C + c0
                                                              : NULL;
         const T *w = J->wt ? (const T *)J->wt + c0 : NULL;
-        RW(seg_stats)(J->need, x, t, w, (T)J->keep, (T)J->add, m, &J->segs[u]);
+        RW(seg_stats)(J->need, x, t, w, (T)J->keep, (T)J->add, m, &J->segs[u],
+                      A->grad ? (T *)A->grad + r * C + c0 : NULL);
         break;
     }
     case RW_PHASE_SPLIT_FINISH: { /* row u: fold its segments in order, finish */
@@ -477,19 +506,10 @@ FL_ATTR static void RW(unit)(void *ctx, int64_t u)
     case RW_PHASE_SPLIT_GRAD: {
         const int64_t r = u / J->nseg, c0 = (u % J->nseg) * RW_SEG;
         const int64_t m = C - c0 < RW_SEG ? C - c0 : RW_SEG;
-        const rw_coef *k = &J->coefs[r];
-        T *g = (T *)A->grad + r * C + c0;
-        if (k->ignored) {
-            memset(g, 0, (size_t)m * sizeof(T));
-            break;
-        }
-        const T *x = (const T *)A->input + r * C + c0;
-        const T *t = J->loss == RW_LOSS(cross_entropy_prob) ? (const T *)A->target + r * C + c0
-                                                             : NULL;
-        const T *w = J->wt ? (const T *)J->wt + c0 : NULL;
-        RW(seg_grad)(x, t, w, (T)k->shift, (T)k->a1, (T)k->d, (T)J->keep, (T)J->add, m, g);
-        if (k->y >= c0 && k->y < c0 + m)
-            g[k->y - c0] -= (T)k->b;
+        if (J->coefs[r].ignored)
+            memset((T *)A->grad + r * C + c0, 0, (size_t)m * sizeof(T));
+        else
+            RW(row_seg_grad)(J, r, c0, m, J->segs[u].shift, &J->coefs[r]);
         break;
     }
     }
