@@ -87,6 +87,7 @@ typedef struct {
     const fl_row_args *A;
     int loss, need, phase;
     const void *wt;          /* the class weights in the dtype, or NULL */
+    const double *wd;        /* the class weights in float64 (ones without a weight) */
     double W;                /* their sum */
     double keep, add;        /* probability targets: t' = keep t + add */
     int64_t rows_per_unit;   /* RW_PHASE_ROWS */
@@ -237,6 +238,17 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
         J.W = (double)C;
     }
     J.wt = wt;
+    double *ones = NULL;
+    if (!A->weight) {
+        ones = malloc((size_t)C * sizeof(double));
+        if (!ones) {
+            free(wt);
+            return -2;
+        }
+        for (int64_t c = 0; c < C; c++)
+            ones[c] = 1.0;
+    }
+    J.wd = A->weight ? A->weight : ones;
     const fl_unit_fn fn = unit_fns[dtype][fl_isa_now()];
     const int nthreads = fl_threads_for(R * C);
     const int softmax = loss == RW_LOSS(cross_entropy) || loss == RW_LOSS(cross_entropy_prob) ||
@@ -248,7 +260,7 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
         if (softmax && ((J.nseg >= 4 && R < 4 * (int64_t)nthreads && nthreads > 1) ||
                         J.nseg > RW_ROW_SEGS)) {
             rc = rw_split(&J, fn, nthreads);
-            free(wt);
+            free(wt), free(ones);
             return rc;
         }
         J.phase = RW_PHASE_ROWS;
@@ -266,7 +278,7 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
     double small[64];
     J.partials = units <= 64 ? small : malloc((size_t)units * sizeof(double));
     if (!J.partials) {
-        free(wt);
+        free(wt), free(ones);
         return -2;
     }
     fl_parallel_for(fn, &J, units, nthreads);
@@ -276,7 +288,7 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
     A->total = total;
     if (J.partials != small)
         free(J.partials);
-    free(wt);
+    free(wt), free(ones);
     return rc;
 }
 

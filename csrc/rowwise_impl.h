@@ -13,60 +13,69 @@
  * use, through exp/log otherwise (0^gamma = 0 for gamma > 0, 1 for gamma = 0) */
 FL_ATTR FL_INLINE double RW(upow)(double u, double gamma)
 {
-    if (gamma == 2.0)
-        return u * u;
-    if (gamma == 0.0)
-        return 1.0;
-    if (gamma == 1.0)
-        return u;
-    if (gamma == 3.0)
-        return u * u * u;
-    if (gamma == 4.0)
-        return (u * u) * (u * u);
-    return u > 0.0 ? F64(exp)(gamma * F64(log)(u)) : 0.0;
+    /* selects, not branches: the tiles' loop over rows vectorises */
+    const double general = u > 0.0 ? F64(exp)(gamma * F64(log)(u)) : 0.0;
+    const double u2 = u * u;
+    return gamma == 2.0 ? u2 : gamma == 0.0 ? 1.0 : gamma == 1.0 ? u : gamma == 3.0 ? u2 * u
+         : gamma == 4.0 ? u2 * u2 : general;
 }
 
-/* The value of a row and its gradient coefficients, from its statistics
- * (the formulas at the top of this file): sum = sum_c exp(x_c - shift),
- * logsum = log(sum), s1 / s2 as in rw_seg.  x_y, w_y and alpha_y are unused
- * by the losses that do not need them.  Inline and branch-free for
- * cross_entropy, so that the tiles' loop over rows vectorises; the vector
- * math of vmath.h (and integer powers by multiplication) for the focal loss. */
-FL_ATTR FL_INLINE rw_coef RW(finish)(const rw_job *J, double shift, double sum, double logsum, double s1,
-                            double s2, double xy, double wy, double alpha_y)
+FL_ATTR FL_INLINE rw_coef RW(finish_ce)(const rw_job *J, double shift, double sum,
+                                         double logsum, double s1, double xy, double wy)
 {
     const fl_row_args *A = J->A;
     const double gs = A->grad_scale, C = (double)A->classes, z = A->z_loss;
-    const double lse = shift + logsum;
+    const double e = A->smoothing, lse = shift + logsum;
     rw_coef k = {0};
     k.shift = shift;
-    double coef; /* of p_c */
-    if (J->loss == RW_LOSS(cross_entropy)) {
-        const double e = A->smoothing;
-        /* shift - x_y first: exact, no cancellation at large logits */
-        k.value = (1.0 - e) * wy * ((shift - xy) + logsum) + e / C * (J->W * lse - s1);
-        coef = (1.0 - e) * wy + e / C * J->W;
-        k.d = gs * e / C;
-        k.b = gs * (1.0 - e) * wy;
-    } else if (J->loss == RW_LOSS(cross_entropy_prob)) {
-        k.value = s2 * lse - s1;
-        coef = s2;
-        k.d = gs;
-    } else { /* softmax_focal */
-        const double gamma = A->p1, L = (xy - shift) - logsum;
-        const double py = F64(exp)(L), u = -F64(expm1)(L), a = alpha_y * wy;
-        const double ug = RW(upow)(u, gamma);
-        const double r = u > 0.0 ? L / u : -1.0;
-        const double F = ug * (1.0 - gamma * py * r);
-        k.value = -a * ug * L;
-        k.b = gs * a * F;
-        k.a1 = gs * a * F / sum;
-        return k;
-    }
-    k.value += z * lse * lse;
-    coef += 2.0 * z * lse;
-    k.a1 = gs * coef / sum;
+    /* shift - x_y first: exact, no cancellation at large logits */
+    k.value = (1.0 - e) * wy * ((shift - xy) + logsum) + e / C * (J->W * lse - s1) +
+              z * lse * lse;
+    k.a1 = gs * ((1.0 - e) * wy + e / C * J->W + 2.0 * z * lse) / sum;
+    k.d = gs * e / C;
+    k.b = gs * (1.0 - e) * wy;
     return k;
+}
+
+FL_ATTR FL_INLINE rw_coef RW(finish_prob)(const rw_job *J, double shift, double sum,
+                                           double logsum, double s1, double s2)
+{
+    const fl_row_args *A = J->A;
+    const double gs = A->grad_scale, z = A->z_loss, lse = shift + logsum;
+    rw_coef k = {0};
+    k.shift = shift;
+    k.value = s2 * lse - s1 + z * lse * lse;
+    k.a1 = gs * (s2 + 2.0 * z * lse) / sum;
+    k.d = gs;
+    return k;
+}
+
+FL_ATTR FL_INLINE rw_coef RW(finish_focal)(const rw_job *J, double shift, double sum,
+                                            double logsum, double xy, double a)
+{
+    const fl_row_args *A = J->A;
+    const double gs = A->grad_scale, gamma = A->p1, L = (xy - shift) - logsum;
+    const double py = F64(exp)(L), u = -F64(expm1)(L);
+    const double ug = RW(upow)(u, gamma);
+    const double r = u > 0.0 ? L / u : -1.0;
+    const double F = ug * (1.0 - gamma * py * r);
+    rw_coef k = {0};
+    k.shift = shift;
+    k.value = -a * ug * L;
+    k.b = gs * a * F;
+    k.a1 = gs * a * F / sum;
+    return k;
+}
+
+/* a = alpha_y w_y for the focal loss */
+FL_ATTR FL_INLINE rw_coef RW(finish)(const rw_job *J, double shift, double sum, double logsum,
+                                     double s1, double s2, double xy, double wy, double alpha_y)
+{
+    if (J->loss == RW_LOSS(cross_entropy))
+        return RW(finish_ce)(J, shift, sum, logsum, s1, xy, wy);
+    if (J->loss == RW_LOSS(cross_entropy_prob))
+        return RW(finish_prob)(J, shift, sum, logsum, s1, s2);
+    return RW(finish_focal)(J, shift, sum, logsum, xy, alpha_y * wy);
 }
 
 FL_ATTR FL_INLINE rw_coef RW(finish_seg)(const rw_job *J, const rw_seg *st, double xy, double wy,
@@ -339,7 +348,7 @@ FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
     const T *wt = J->wt;
     int32_t lab[RW_TILE]; /* the label, -1 if ignored (0 for probability targets) */
     T mx[RW_TILE], xy[RW_TILE], a1[RW_TILE], b[RW_TILE], dv[RW_TILE];
-    double sum[RW_TILE], s1[RW_TILE], s2[RW_TILE], logsum[RW_TILE];
+    double sum[RW_TILE], s1[RW_TILE], s2[RW_TILE], logsum[RW_TILE], vals[RW_TILE];
     double total = 0.0;
 
     for (int j = 0; j < B; j++)
@@ -409,23 +418,39 @@ FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
                 s1[j] += (double)wc * (double)xc[j];
         }
     }
-    /* the rows' values and gradient coefficients */
+    /* the rows' values and gradient coefficients: one loop per loss, without
+     * branches, so that each vectorises (the tile has up to RW_TILE rows) */
     for (int j = 0; j < B; j++)
         logsum[j] = F64(log)(sum[j]);
-    for (int j = 0; j < B; j++) {
-        const int ok = lab[j] >= 0, y = ok ? lab[j] : 0;
-        const double wy = !prob && A->weight ? A->weight[y] : 1.0;
-        const double alpha_y = !prob && A->alpha ? A->alpha[y] : A->p0;
-        const rw_coef k = RW(finish)(J, (double)mx[j], sum[j], logsum[j], s1[j], s2[j],
-                                    (double)xy[j], wy, alpha_y);
-        const double v = ok ? k.value : 0.0;
-        a1[j] = ok ? (T)k.a1 : (T)0;
-        b[j] = (T)k.b;
-        dv[j] = (T)k.d;
-        if (A->out)
-            ((T *)A->out)[i * S + s0 + j] = (T)v;
-        total += v;
+    const double *wd = J->wd, *ad = A->alpha, p0 = A->p0;
+#define RW_FINISH_LOOP(CALL)                                            \
+    for (int j = 0; j < B; j++) {                                       \
+        const int ok = lab[j] >= 0, y = ok ? lab[j] : 0;                \
+        (void)y;                                                        \
+        const rw_coef k = CALL;                                         \
+        vals[j] = ok ? k.value : 0.0;                                   \
+        a1[j] = ok ? (T)k.a1 : (T)0;                                    \
+        b[j] = (T)k.b;                                                  \
+        dv[j] = (T)k.d;                                                 \
     }
+    if (loss == RW_LOSS(cross_entropy))
+        RW_FINISH_LOOP(RW(finish_ce)(J, (double)mx[j], sum[j], logsum[j], s1[j], (double)xy[j],
+                                     wd[y]))
+    else if (prob)
+        RW_FINISH_LOOP(RW(finish_prob)(J, (double)mx[j], sum[j], logsum[j], s1[j], s2[j]))
+    else if (ad)
+        RW_FINISH_LOOP(RW(finish_focal)(J, (double)mx[j], sum[j], logsum[j], (double)xy[j],
+                                        ad[y] * wd[y]))
+    else
+        RW_FINISH_LOOP(RW(finish_focal)(J, (double)mx[j], sum[j], logsum[j], (double)xy[j],
+                                        p0 * wd[y]))
+#undef RW_FINISH_LOOP
+    if (A->out)
+        for (int j = 0; j < B; j++)
+            ((T *)A->out)[i * S + s0 + j] = (T)vals[j];
+    double acc[FL_LANES] = {0};
+    fl_lanes_add_f64(acc, vals, B);
+    total = fl_lanes_fold(acc);
     if (!g)
         return total;
     /* pass 3: g holds the exps */
