@@ -250,7 +250,8 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
     }
     J.wd = A->weight ? A->weight : ones;
     const fl_unit_fn fn = unit_fns[dtype][fl_isa_now()];
-    const int nthreads = fl_threads_for(R * C);
+    /* threads by the work: nll's value reads one element per row */
+    const int nthreads = fl_threads_for(loss == RW_LOSS(nll) && !A->grad ? R : R * C);
     const int softmax = loss == RW_LOSS(cross_entropy) || loss == RW_LOSS(cross_entropy_prob) ||
                         loss == RW_LOSS(softmax_focal);
     int rc = 0;
