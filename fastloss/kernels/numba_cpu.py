@@ -898,63 +898,6 @@ def _build_rowwise_unit(loss: str, tiles: bool):
                     out[r] = value
             return total
 
-    elif loss == "multi_margin":
-        @jit
-        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
-                 out, grad, u):
-            T = min(S, TILE)
-            tps = (S + T - 1) // T
-            tpu = max(1, UNIT // (T * C))
-            q0 = u * tpu
-            q1 = min(q0 + tpu, n * tps)
-            xyv = np.empty(T)
-            gq = np.empty(T)
-            hs = np.empty(T)
-            gsm = np.empty(T)
-            keep = np.empty(T)
-            yv = np.empty(T, np.int64)
-            total = 0.0
-            for q in range(q0, q1):
-                i = q // tps
-                s0 = (q - i * tps) * T
-                nt = min(T, S - s0)
-                xb = i * C * S + s0
-                rb = i * S + s0
-                for j in range(nt):
-                    y = t[rb + j]
-                    ok = y != ignore
-                    keep[j] = 1.0 if ok else 0.0
-                    yv[j] = y if ok else -1
-                    xyv[j] = np.float64(x[xb + y * S + j]) if ok else 0.0
-                    gq[j] = gs * margin_finish(0.0, w[y], C)[1] if ok else 0.0
-                    hs[j] = 0.0
-                    gsm[j] = 0.0
-                for c in range(C):
-                    xc = x[xb + c * S:xb + c * S + nt]
-                    if want_grad:
-                        gc = grad[xb + c * S:xb + c * S + nt]
-                        for j in range(nt):
-                            hv, dv = margin_term(np.float64(xc[j]), xyv[j], p0, p1)
-                            other = c != yv[j]
-                            hs[j] += hv if other else 0.0
-                            g = gq[j] * dv if other and keep[j] != 0.0 else 0.0
-                            gsm[j] += g
-                            gc[j] = g
-                    else:
-                        for j in range(nt):
-                            hv, dv = margin_term(np.float64(xc[j]), xyv[j], p0, p1)
-                            hs[j] += hv if c != yv[j] else 0.0
-                for j in range(nt):
-                    value = 0.0
-                    if keep[j] != 0.0:
-                        value = margin_finish(hs[j], w[yv[j]], C)[0]
-                        if want_grad:
-                            grad[xb + yv[j] * S + j] = -gsm[j]
-                    total += value
-                    if want_out:
-                        out[rb + j] = value
-            return total
-
     elif loss == "crammer_singer" and not tiles:
         @jit
         def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
@@ -984,56 +927,6 @@ def _build_rowwise_unit(loss: str, tiles: bool):
                 total += value
                 if want_out:
                     out[r] = value
-            return total
-
-    elif loss == "crammer_singer":
-        @jit
-        def unit(x, t, w, al, W, n, C, S, ignore, eps, z, p0, p1, want_out, want_grad, gs,
-                 out, grad, u):
-            T = min(S, TILE)
-            tps = (S + T - 1) // T
-            tpu = max(1, UNIT // (T * C))
-            q0 = u * tpu
-            q1 = min(q0 + tpu, n * tps)
-            mx = np.empty(T)
-            kv = np.empty(T, np.int64)
-            yv = np.empty(T, np.int64)
-            total = 0.0
-            for q in range(q0, q1):
-                i = q // tps
-                s0 = (q - i * tps) * T
-                nt = min(T, S - s0)
-                xb = i * C * S + s0
-                rb = i * S + s0
-                for j in range(nt):
-                    y = t[rb + j]
-                    yv[j] = y if y != ignore else -1   # an ignored row: -1, value 0, grad 0
-                    mx[j] = ninf
-                    kv[j] = -1
-                for c in range(C):
-                    xc = x[xb + c * S:xb + c * S + nt]
-                    for j in range(nt):
-                        v = vmax(mx[j], np.float64(xc[j]))
-                        mx[j] = v if c != yv[j] else mx[j]
-                if want_grad:
-                    tile_zero(grad, xb, S, C, nt)
-                    for c in range(C):   # the first c != y attaining the max
-                        xc = x[xb + c * S:xb + c * S + nt]
-                        for j in range(nt):
-                            hit = kv[j] < 0 and c != yv[j] and np.float64(xc[j]) == mx[j]
-                            kv[j] = c if hit else kv[j]
-                for j in range(nt):
-                    y = yv[j]
-                    value = 0.0
-                    active = False
-                    if y >= 0:
-                        value, active = crammer_finish(mx[j], np.float64(x[xb + y * S + j]), p0)
-                    if want_grad and active:
-                        grad[xb + kv[j] * S + j] = gs
-                        grad[xb + y * S + j] = -gs
-                    total += value
-                    if want_out:
-                        out[rb + j] = value
             return total
 
     else:
@@ -1075,6 +968,9 @@ def rowwise(call):
     n, C, S = int(call.n), int(call.classes), int(call.inner)
     rows = n * S
     loss = call.loss
+    if loss in ("multi_margin", "crammer_singer") and S != 1:
+        raise ValueError(f"{loss}: (N, C) input only (inner = {S}), as the public API and "
+                         f"PyTorch allow")
     if loss == "cross_entropy_prob":
         t = np.ascontiguousarray(call.target).reshape(-1)
     else:
