@@ -238,6 +238,16 @@ def _onehot(labels, classes):
     return out
 
 
+def _rows_and_weights(input, weight):
+    """(input in float64, its ndim, its rows (..., C) with the class axis last,
+    C, the class weights or ones): the opening of every multi-class loss."""
+    x_in = _f64(input)
+    x = _class_last(x_in)
+    C = x.shape[-1]
+    w = np.ones(C) if weight is None else _f64(weight)
+    return x_in, x_in.ndim, x, C, w
+
+
 def _reduce_rows(values, grad, reduction, denom, valid, input_ndim, return_grad):
     """Reduce per-row values; ``grad`` is d(sum of values)/d(rows), shaped (..., C).
 
@@ -288,11 +298,7 @@ def cross_entropy(input, target, *, weight=None, ignore_index=-100, label_smooth
       probabilities:  q = w * ((1 - eps) t + eps / C);  mean divides by the number of rows.
     The z-loss is unweighted, skipped on ignored rows and shares the CE term's denominator.
     """
-    x_in = _f64(input)
-    ndim = x_in.ndim
-    x = _class_last(x_in)
-    C = x.shape[-1]
-    w = np.ones(C) if weight is None else _f64(weight)
+    x_in, ndim, x, C, w = _rows_and_weights(input, weight)
     eps = float(label_smoothing)
     t = np.asarray(target)
     if t.shape == x_in.shape:                                   # class probabilities
@@ -312,11 +318,7 @@ def cross_entropy(input, target, *, weight=None, ignore_index=-100, label_smooth
 def nll_loss(input, target, *, weight=None, ignore_index=-100, reduction="mean",
              return_grad=False):
     """torch.nn.functional.nll_loss: loss_row = -w_y * input[y] on log-probabilities."""
-    x_in = _f64(input)
-    ndim = x_in.ndim
-    x = _class_last(x_in)
-    C = x.shape[-1]
-    w = np.ones(C) if weight is None else _f64(weight)
+    _, ndim, x, C, w = _rows_and_weights(input, weight)
     valid, safe, onehot = _labels(_labels_last(target, ndim), C, ignore_index)
     w_y = w[safe] * valid
     picked = np.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
@@ -344,11 +346,7 @@ def softmax_focal_loss(input, target, *, alpha=None, gamma=2.0, weight=None,
     rho = -L/u = -log(1 - u)/u, which tends to 1 as u -> 0 (a saturated correct logit),
     so the gradient stays finite there for every gamma >= 0 (and is 0 there for gamma > 0).
     """
-    x_in = _f64(input)
-    ndim = x_in.ndim
-    x = _class_last(x_in)
-    C = x.shape[-1]
-    w = np.ones(C) if weight is None else _f64(weight)
+    _, ndim, x, C, w = _rows_and_weights(input, weight)
     valid, safe, onehot = _labels(_labels_last(target, ndim), C, ignore_index)
     if alpha is None:
         alpha_y = np.ones(safe.shape)
@@ -379,11 +377,7 @@ def multi_margin_loss(input, target, *, p=1, margin=1.0, weight=None, reduction=
     ``mean`` divides by the number of rows (not by weights).  Subgradient 0 at a hinge of
     exactly 0.
     """
-    x_in = _f64(input)
-    ndim = x_in.ndim
-    x = _class_last(x_in)
-    C = x.shape[-1]
-    w = np.ones(C) if weight is None else _f64(weight)
+    _, ndim, x, C, w = _rows_and_weights(input, weight)
     valid, safe, onehot = _labels(_labels_last(target, ndim), C)
     x_y = np.take_along_axis(x, safe[..., None], axis=-1)
     z = margin - x_y + x                                   # (..., C); z_y = margin, masked
@@ -403,10 +397,7 @@ def multiclass_hinge_loss(input, target, *, margin=1.0, reduction="mean", return
     The (sub)gradient where the loss is > 0 is +1 at the first c != y attaining the max and
     -1 at y; 0 elsewhere and where the loss is 0.  ``mean`` divides by the number of rows.
     """
-    x_in = _f64(input)
-    ndim = x_in.ndim
-    x = _class_last(x_in)
-    C = x.shape[-1]
+    _, ndim, x, C, _ = _rows_and_weights(input, None)
     valid, safe, onehot = _labels(_labels_last(target, ndim), C)
     others = np.where(onehot > 0, -np.inf, x)
     k = np.argmax(others, axis=-1)                         # first index of the max

@@ -52,6 +52,10 @@ class ElementwiseCall:
     total_scale: float        # value = total_scale * sum(weight * loss)
 
 
+#: label dtypes every row-wise kernel reads as they are; the loss layer
+#: converts host labels of other integer dtypes to int64, once per call
+LABEL_DTYPES = ("int32", "int64", "uint8")
+
 #: row-wise kernel names (see RowwiseCall)
 ROWWISE_KERNELS = ("cross_entropy", "cross_entropy_prob", "nll", "softmax_focal",
                    "multi_margin", "crammer_singer")

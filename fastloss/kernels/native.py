@@ -67,7 +67,8 @@ def elementwise(call):
 
 
 def _labels(target):
-    """Labels as one of the dtypes the C code reads (a copy only for the others)."""
+    """Labels and their type id.  The loss layer hands over kernels.LABEL_DTYPES
+    only; a direct caller's other dtypes are converted (a copy)."""
     if target.dtype not in _LABEL_TYPES:
         target = target.astype(np.int64)
     return target, _LABEL_TYPES[target.dtype]

@@ -19,7 +19,7 @@ import numpy as np
 from .. import _dispatch, reference
 from .._validate import (ArrayMeta, check_bool, check_input, check_positive, check_real,
                          check_reduction, check_same_place, REDUCTIONS)
-from ..kernels import RowwiseCall
+from ..kernels import LABEL_DTYPES, RowwiseCall
 
 __all__ = ["cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
            "multiclass_hinge_loss", "MULTICLASS_LOSSES"]
@@ -150,6 +150,8 @@ def _run(public, input, target, *, reduction, return_grad, backend, weight=None,
 
     x_flat = _layout(x, "input")
     t_flat = _layout(t, "target", x.dtype if prob else None)
+    if not prob and not t.on_gpu and t_flat.dtype.name not in LABEL_DTYPES:
+        t_flat = t_flat.astype(np.int64)    # once, for the label scan and the kernel
     if prob:
         valid, weight_sum = rows, float(rows)
     else:
