@@ -36,6 +36,20 @@
 /* The ISA path in effect (FASTLOSS_ISA / fl_set_isa / best available). */
 int fl_isa_now(void);
 
+/* ---- template names ----------------------------------------------------------
+ * FL_CAT(a, b) = a_b, FL_CAT3(a, b, c) = a_bc (after expansion), for the
+ * per-dtype x ISA names of the kernel templates.  BASE_FLV: the vmath flavour
+ * of the baseline path (every aarch64 has FMA). */
+#define FL_CAT_(a, b) a##_##b
+#define FL_CAT(a, b) FL_CAT_(a, b)
+#define FL_CAT3_(a, b, c) a##_##b##c
+#define FL_CAT3(a, b, c) FL_CAT3_(a, b, c)
+#if defined(__aarch64__)
+#define BASE_FLV _fma
+#else
+#define BASE_FLV
+#endif
+
 /* ---- deterministic accumulation -------------------------------------------
  * [0, n) is cut into units of FL_UNIT elements.  A unit is computed in
  * sub-blocks of FL_SUB values written to a buffer, and the buffer is summed

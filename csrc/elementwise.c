@@ -17,10 +17,6 @@
 #include "common.h"
 #include "vmath.h" /* before any target attribute: its helpers inline everywhere */
 
-#define FL_CAT_(a, b) a##_##b
-#define FL_CAT(a, b) FL_CAT_(a, b)
-#define FL_CAT3_(a, b, c) a##_##b##c
-#define FL_CAT3(a, b, c) FL_CAT3_(a, b, c)
 
 /* the loss math per dtype x vmath flavour (plain, _fma) */
 #define T float
@@ -43,13 +39,6 @@
 #undef FL_FLV
 #undef T
 #undef FL_SFX
-
-/* aarch64 always has FMA: its baseline path uses the fused flavour */
-#if defined(__aarch64__)
-#define BASE_FLV _fma
-#else
-#define BASE_FLV
-#endif
 
 /* ---- loss table ----------------------------------------------------------- */
 /* Kernels = the public losses, then internal variants that fl_elementwise

@@ -95,6 +95,35 @@ int64_t fl_find_not_pm1(int dtype, const void *x, int64_t n);
 /* The vector math the kernels use, exposed for the accuracy tests:
  * fn 0 exp, 1 log, 2 log1p, 3 expm1; y[i] = f(x[i]) on the current ISA path. */
 int fl_math(int fn, int dtype, const void *x, void *y, int64_t n);
+/* ---- overlap (Dice family) ----
+ * Per-class sums over a volume.  `input` holds n*classes*inner elements of
+ * the dtype, read as (N, C, S); a voxel is one (i, s).  p = the activation of
+ * the input (per voxel softmax over the C values, sigmoid, or none).
+ * Statistics per (i, c), float64, over the voxels whose label is not
+ * ignore_index, in an order fixed by the shape:
+ *   I = sum p t,  P = sum p^q,  T = sum t^q   (q = 2 if squared, else 1)
+ * with t = [label == c + label_base] for labels, the mask value otherwise. */
+typedef struct {
+    const void *input;
+    const void *target;     /* labels (N*S) or a mask (N*C*S), see target_type */
+    int target_type;        /* 0 int32 labels, 1 int64 labels, 2 uint8 labels,
+                               3 uint8 mask, 4 mask in the dtype */
+    int activation;         /* 0 none, 1 softmax, 2 sigmoid */
+    int squared;
+    int64_t n, classes, inner;
+    int64_t ignore_index;   /* labels only */
+    int64_t label_base;
+    double *stats;          /* fl_overlap_stats writes (N, C, 3): I, P, T */
+    const double *coef;     /* fl_overlap_grad reads (N, C, 2): dL/dp = a t + b (2p if squared, else 1) */
+    void *grad;             /* NULL, or like the input: fl_overlap_stats stores p there,
+                               fl_overlap_grad turns it into dL/d input (0 at ignored voxels) */
+} fl_overlap_args;
+
+/* Returns 0, -1 for bad arguments, -2 out of memory. */
+int fl_overlap_stats(int dtype, fl_overlap_args *args);
+/* Needs the p stored by fl_overlap_stats in args->grad. */
+int fl_overlap_grad(int dtype, fl_overlap_args *args);
+
 /* FL_CDEF_END */
 
 #endif

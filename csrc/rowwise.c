@@ -43,10 +43,6 @@
 #include "common.h"
 #include "vmath.h"
 
-#define FL_CAT_(a, b) a##_##b
-#define FL_CAT(a, b) FL_CAT_(a, b)
-#define FL_CAT3_(a, b, c) a##_##b##c
-#define FL_CAT3(a, b, c) FL_CAT3_(a, b, c)
 #define RW_NAME_(name, sfx, isa) name##_##sfx##_##isa
 #define RW_NAME(name, sfx, isa) RW_NAME_(name, sfx, isa)
 
@@ -141,24 +137,20 @@ FL_INLINE int64_t rw_label(const fl_row_args *A, int64_t r)
 }
 
 /* ---- the loops, per dtype x ISA path ------------------------------------------ */
-#if defined(__aarch64__)
-#define BASE_FLV _fma
-#else
-#define BASE_FLV
-#endif
 
+#define FL_TEMPLATE "rowwise_impl.h"
 /* per dtype: T, its suffix and the integer type of its comparison masks */
 #define T float
 #define FL_SFX f32
 #define RW_MASK_INT int32_t
-#include "rowwise_paths.h"
+#include "isa_paths.h"
 #undef T
 #undef FL_SFX
 #undef RW_MASK_INT
 #define T double
 #define FL_SFX f64
 #define RW_MASK_INT int64_t
-#include "rowwise_paths.h"
+#include "isa_paths.h"
 #undef T
 #undef FL_SFX
 #undef RW_MASK_INT

@@ -99,3 +99,52 @@ class RowwiseCall:
     want_grad: bool           # grad_scale * d(sum of row values)/d input, like input
     grad_scale: float
     total_scale: float        # value = total_scale * sum of row values
+
+
+#: activations the overlap kernels apply to the input, per voxel
+OVERLAP_ACTIVATIONS = ("none", "softmax", "sigmoid")
+
+
+@dataclass(slots=True)
+class OverlapCall:
+    """One overlap (Dice-family) kernel call, already validated and laid out.
+
+    ``input`` is flat and contiguous, ``n * classes * inner`` elements of one
+    float dtype, read as (N, C, S): element (i, c, s) at ``(i*C + c)*S + s``;
+    a *voxel* is one (i, s).  p = the activation of the input: softmax over the
+    C values of a voxel, a sigmoid per element, or the input itself.
+
+    ``target``, for ``target_kind == "labels"``: flat (n * inner,) labels of
+    dtype int32, int64 or uint8 (each in [0, C + label_base) or equal to
+    ``ignore_index``, checked before the call); the target of class c is
+    t = [label == c + label_base] (label_base is 1 for C == 1: binary labels
+    whose foreground is the one channel).  A voxel whose label equals
+    ``ignore_index`` is left out of every sum and gets a zero gradient.
+    For ``target_kind == "mask"``: flat like the input, uint8 (0/1, bools
+    viewed as uint8) or the input's float dtype; t is its value.
+
+    The statistics, per (i, c), float64, summed over the non-ignored voxels
+    in an order fixed by the shape (any thread count gives the same bits):
+    I = sum p t,  P = sum p^q,  T = sum t^q,  q = 2 if ``squared`` else 1.
+
+    Each backend module has ``overlap(call, finish) -> (stats, grad)``:
+    ``stats`` is a host float64 (N, C, 3) array of (I, P, T).  When
+    ``want_grad`` it then calls ``coef = finish(stats)``, a host float64
+    (N, C, 2) array (a, b), and computes the gradient of the loss with respect
+    to the input, given dL/dp = a t + b (2p if squared else 1) at each
+    non-ignored element, chained through the activation; else ``grad`` is
+    None and ``finish`` is not called.  ``grad`` is like the input (flat, its
+    dtype, on its device).
+    """
+
+    input: Any
+    target: Any
+    target_kind: str          # "labels" or "mask"
+    n: int                    # N
+    classes: int              # C
+    inner: int                # S = d1 * ... * dk
+    activation: str           # one of OVERLAP_ACTIVATIONS
+    squared: bool
+    ignore_index: int         # labels only; -2**63: none
+    label_base: int           # 0, or 1 when C == 1
+    want_grad: bool

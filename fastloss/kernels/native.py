@@ -113,6 +113,51 @@ def rowwise(call):
     return args.total * call.total_scale, out, grad
 
 
+_OVERLAP_TARGETS = {np.dtype(np.int32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2}
+_ACTIVATIONS = {"none": 0, "softmax": 1, "sigmoid": 2}
+
+
+def overlap(call, finish):
+    """The overlap statistics, then (when call.want_grad) the gradient from
+    ``finish(stats)``: see kernels.OverlapCall."""
+    x = call.input
+    dtype = x.dtype
+    args = ffi.new("fl_overlap_args *")
+    xb = ffi.from_buffer(x)
+    target = call.target
+    if call.target_kind == "labels":
+        target, _ = _labels(target)
+        target_type = _OVERLAP_TARGETS[target.dtype]
+    else:
+        target_type = 3 if target.dtype == np.uint8 else 4
+    tb = ffi.from_buffer(target)
+    stats = np.empty((call.n, call.classes, 3), np.float64)
+    sb = ffi.from_buffer("double[]", stats)
+    args.input, args.target, args.target_type = xb, tb, target_type
+    args.activation, args.squared = _ACTIVATIONS[call.activation], int(call.squared)
+    args.n, args.classes, args.inner = call.n, call.classes, call.inner
+    args.ignore_index, args.label_base = call.ignore_index, call.label_base
+    args.stats = sb
+    grad = gb = cb = None
+    if call.want_grad:
+        grad = np.empty(x.size, dtype)
+        args.grad = gb = ffi.from_buffer(grad)
+    _check_rc(lib.fl_overlap_stats(_DTYPE_IDS[dtype], args), "overlap statistics")
+    if call.want_grad:
+        coef = np.ascontiguousarray(finish(stats), dtype=np.float64)
+        args.coef = cb = ffi.from_buffer("double[]", coef)
+        _check_rc(lib.fl_overlap_grad(_DTYPE_IDS[dtype], args), "overlap gradient")
+    del xb, tb, sb, gb, cb
+    return stats, grad
+
+
+def _check_rc(rc, what):
+    if rc == -2:
+        raise MemoryError("fastloss C kernel: out of memory")
+    if rc != 0:
+        raise RuntimeError(f"fastloss C kernel ({what}) failed with code {rc}")
+
+
 def scan_labels(target, classes, ignore_index, weight):
     """(first bad index or -1, sum of weight[label] over valid labels, their count)."""
     target, label_type = _labels(target)
