@@ -50,35 +50,58 @@ typedef struct {
     int failed;              /* a unit could not get its workspace */
 } ov_job;
 
-/* class codes of voxels [r0, r0 + m): label - base, OV_IGNORED if ignored */
+/* class codes of voxels [r0, r0 + m): label - base, OV_IGNORED if ignored.
+ * In int32 where the label type allows (16 lanes per AVX-512 vector, not 8):
+ * an ignore_index outside int32 can only match int64 labels. */
 static void ov_classes(const fl_overlap_args *A, int64_t r0, int m, int32_t *cls)
 {
-    const int64_t ig = A->ignore_index, base = A->label_base;
-#define OV_CLASSES(TY)                                                         \
-    {                                                                          \
-        const TY *v = (const TY *)A->target + r0;                              \
-        for (int j = 0; j < m; j++)                                            \
-            cls[j] = (int64_t)v[j] == ig ? OV_IGNORED : (int32_t)((int64_t)v[j] - base); \
+    const int64_t ig = A->ignore_index;
+    const int32_t base = (int32_t)A->label_base;
+    if (A->target_type == OV_LABELS_I64) {
+        const int64_t *v = (const int64_t *)A->target + r0;
+        for (int j = 0; j < m; j++)
+            cls[j] = v[j] == ig ? OV_IGNORED : (int32_t)(v[j] - base);
+        return;
     }
-    switch (A->target_type) {
-    case OV_LABELS_I32: OV_CLASSES(int32_t) break;
-    case OV_LABELS_I64: OV_CLASSES(int64_t) break;
-    default: OV_CLASSES(uint8_t) break;
+    const int in_range = ig >= INT32_MIN && ig <= INT32_MAX;
+    const int32_t ig32 = in_range ? (int32_t)ig : 0;
+#define OV_CLASSES(TY)                                                           \
+    {                                                                            \
+        const TY *v = (const TY *)A->target + r0;                                \
+        if (in_range)                                                            \
+            for (int j = 0; j < m; j++)                                          \
+                cls[j] = (int32_t)v[j] == ig32 ? OV_IGNORED : (int32_t)v[j] - base; \
+        else                                                                     \
+            for (int j = 0; j < m; j++)                                          \
+                cls[j] = (int32_t)v[j] - base;                                   \
     }
+    if (A->target_type == OV_LABELS_I32)
+        OV_CLASSES(int32_t)
+    else
+        OV_CLASSES(uint8_t)
 #undef OV_CLASSES
 }
 
 #define FL_TEMPLATE "overlap_impl.h"
+/* per dtype: T, its suffix and the integer type of its comparison masks */
 #define T float
 #define FL_SFX f32
+#define OV_MASK_INT int32_t
+#define OV_F32 1
 #include "isa_paths.h"
 #undef T
 #undef FL_SFX
+#undef OV_MASK_INT
+#undef OV_F32
 #define T double
 #define FL_SFX f64
+#define OV_MASK_INT int64_t
+#define OV_F32 0
 #include "isa_paths.h"
 #undef T
 #undef FL_SFX
+#undef OV_MASK_INT
+#undef OV_F32
 
 #if FL_X86
 static const fl_unit_fn unit_fns[2][FL_NISA] = {

@@ -6,24 +6,27 @@
 
 #define OV(name) OV_NAME(name, FL_SFX, FL_ISA)
 #define VM(f) FL_CAT3(fl_##f, FL_SFX, FL_FLV)
+#define LANES_ADD FL_CAT(fl_lanes_add, FL_SFX)
 enum { OV(K_LABELS), OV(K_MASK_U8), OV(K_MASK_T) };
 
 /* the target of class c at voxel j of the tile (kind is a constant) */
 FL_ATTR FL_INLINE T OV(tval)(int kind, const int32_t *cls, const uint8_t *m8, const T *mt,
                              int64_t c, int64_t S, int j)
 {
+    /* an int32 comparison: 16 lanes, as many as float32 */
     return kind == OV(K_MASK_U8) ? (T)m8[c * S + j]
          : kind == OV(K_MASK_T)  ? mt[c * S + j]
-                                 : (cls[j] == c ? (T)1 : (T)0);
+                                 : (cls[j] == (int32_t)c ? (T)1 : (T)0);
 }
 
 /* p = the activation of the tile's C x B values x (row stride S) into p (row
- * stride ps), 0 at ignored voxels */
+ * stride ps), 0 at ignored voxels; for the softmax p holds exp(x - max) and
+ * r the per-voxel factor 1/sum (0 if ignored) that makes it p */
 FL_ATTR FL_INLINE void OV(activate)(int activation, const T *x, int64_t S, T *p, int64_t ps,
-                                    const int32_t *cls, int64_t C, int B)
+                                    const int32_t *cls, int64_t C, int B, T *r)
 {
     if (activation == OV_ACT_SOFTMAX) {
-        T mx[OV_TILE], r[OV_TILE];
+        T mx[OV_TILE];
         for (int j = 0; j < B; j++)
             mx[j] = x[j];
         for (int64_t c = 1; c < C; c++)
@@ -39,9 +42,6 @@ FL_ATTR FL_INLINE void OV(activate)(int activation, const T *x, int64_t S, T *p,
             }
         for (int j = 0; j < B; j++)
             r[j] = cls[j] == OV_IGNORED ? (T)0 : (T)1 / r[j];
-        for (int64_t c = 0; c < C; c++)
-            for (int j = 0; j < B; j++)
-                p[c * ps + j] *= r[j];
     } else if (activation == OV_ACT_SIGMOID) {
         for (int64_t c = 0; c < C; c++)
             for (int j = 0; j < B; j++) {
@@ -59,30 +59,108 @@ FL_ATTR FL_INLINE void OV(activate)(int activation, const T *x, int64_t S, T *p,
     }
 }
 
-/* out[0..2] += the tile's sums of p t, p^q, t^q for class c (float64 lanes,
- * folded in a fixed order) */
-FL_ATTR FL_INLINE void OV(accumulate)(int kind, int squared, const T *pc, const int32_t *cls,
-                                      const uint8_t *m8, const T *mt, int64_t c, int64_t S,
-                                      int B, double *out)
+/* explicit vectors for the sums: W lanes of T; float64 vectors of the same
+ * width in bytes (two per T vector for float32); integer masks of T's width */
+#define OV_W (FL_VBYTES / (int)sizeof(T))
+#define OV_DW (FL_VBYTES / 8)
+#define OV_DREGS ((int)(sizeof(double) / sizeof(T)))
+typedef T OV(vt) __attribute__((vector_size(FL_VBYTES)));
+typedef double OV(vd) __attribute__((vector_size(FL_VBYTES)));
+typedef OV_MASK_INT OV(vm) __attribute__((vector_size(FL_VBYTES)));
+typedef int32_t OV(vi) __attribute__((vector_size(OV_W * 4)));
+
+/* acc[0 .. OV_DREGS) += v in float64 (float32: its two halves, taken by
+ * shuffles, which compile to one extract instead of a trip through memory) */
+#if OV_F32 && FL_VBYTES == 64
+#define OV_LO(v) __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
+#define OV_HI(v) __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)
+#elif OV_F32 && FL_VBYTES == 32
+#define OV_LO(v) __builtin_shufflevector(v, v, 0, 1, 2, 3)
+#define OV_HI(v) __builtin_shufflevector(v, v, 4, 5, 6, 7)
+#elif OV_F32
+#define OV_LO(v) __builtin_shufflevector(v, v, 0, 1)
+#define OV_HI(v) __builtin_shufflevector(v, v, 2, 3)
+#endif
+FL_ATTR FL_INLINE void OV(add_f64)(OV(vd) *acc, OV(vt) v)
 {
-    double aI[FL_LANES] = {0}, aP[FL_LANES] = {0}, aT[FL_LANES] = {0};
-#define OV_ACC(k, l)                                                        \
-    {                                                                       \
-        const T pv = pc[k], tv = OV(tval)(kind, cls, m8, mt, c, S, k);      \
-        aI[l] += (double)(pv * tv);                                         \
-        aP[l] += (double)(squared ? pv * pv : pv);                          \
-        aT[l] += (double)(squared ? tv * tv : tv);                          \
-    }
+#if OV_F32
+    acc[0] += __builtin_convertvector(OV_LO(v), OV(vd));
+    acc[1] += __builtin_convertvector(OV_HI(v), OV(vd));
+#else
+    acc[0] += v;
+#endif
+}
+#ifdef OV_LO
+#undef OV_LO
+#undef OV_HI
+#endif
+
+FL_ATTR FL_INLINE double OV(hsum)(const OV(vd) *acc)
+{
+    double s = 0.0;
+    for (int h = 0; h < OV_DREGS; h++)
+        for (int l = 0; l < OV_DW; l++)
+            s += acc[h][l];
+    return s;
+}
+
+/* out[0..2] += the tile's sums of p t, p^q, t^q for class c (kind and
+ * squared are constants).  p = pc, times r per voxel when r is given (the
+ * softmax's 1/sum), and then stored back into pc when `store`.  The terms
+ * are computed in the dtype (as PyTorch does) and summed in float64 lanes;
+ * the class counts of index targets in integer lanes.  tt: workspace. */
+FL_ATTR FL_INLINE void OV(accumulate)(int kind, int squared, T *pc, const T *r, int store,
+                                      const int32_t *cls, const uint8_t *m8, const T *mt,
+                                      int64_t c, int64_t S, int B, T *tt, double *out)
+{
+    OV(vd) aI[OV_DREGS] = {{0}}, aP[OV_DREGS] = {{0}}, aT[OV_DREGS] = {{0}};
+    OV(vm) count = {0};
+    const OV(vm) one_bits = (OV(vm))((OV(vt)){0} + (T)1);
+    const T *tv = kind == OV(K_MASK_T) ? mt + c * S : tt;
+    if (kind == OV(K_MASK_U8))      /* widened by the auto-vectoriser, which does it well */
+        for (int j = 0; j < B; j++)
+            tt[j] = (T)m8[c * S + j];
     int j = 0;
-    for (; j + FL_LANES <= B; j += FL_LANES)
-        for (int l = 0; l < FL_LANES; l++)
-            OV_ACC(j + l, l)
-    for (int l = 0; j + l < B; l++)
-        OV_ACC(j + l, l)
-#undef OV_ACC
-    out[0] += fl_lanes_fold(aI);
-    out[1] += fl_lanes_fold(aP);
-    out[2] += fl_lanes_fold(aT);
+    for (; j + OV_W <= B; j += OV_W) {
+        OV(vt) p, t;
+        memcpy(&p, pc + j, sizeof p);
+        if (r) {
+            OV(vt) rv;
+            memcpy(&rv, r + j, sizeof rv);
+            p *= rv;
+        }
+        if (store)
+            memcpy(pc + j, &p, sizeof p);
+        if (kind == OV(K_LABELS)) {
+            OV(vi) k;
+            memcpy(&k, cls + j, sizeof k);
+            const OV(vm) hit = __builtin_convertvector(k == (int32_t)c, OV(vm));
+            t = (OV(vt))(hit & one_bits);
+            count -= hit;
+        } else {
+            memcpy(&t, tv + j, sizeof t);
+            OV(add_f64)(aT, squared ? t * t : t);
+        }
+        OV(add_f64)(aI, p * t);
+        OV(add_f64)(aP, squared ? p * p : p);
+    }
+    double sI = OV(hsum)(aI), sP = OV(hsum)(aP), sT = OV(hsum)(aT);
+    for (int l = 0; l < OV_W; l++)
+        sT += (double)count[l];
+    for (; j < B; j++) {
+        T pv = pc[j];
+        if (r)
+            pv *= r[j];
+        if (store)
+            pc[j] = pv;
+        const T t = kind == OV(K_LABELS) ? (cls[j] == (int32_t)c ? (T)1 : (T)0) : tv[j];
+        sI += (double)(pv * t);
+        sP += (double)(squared ? pv * pv : pv);
+        sT += (double)(squared ? t * t : t);
+    }
+    out[0] += sI;
+    out[1] += sP;
+    out[2] += sT;
 }
 
 /* one tile of the statistics pass: part (C, 3) += its sums */
@@ -99,23 +177,24 @@ FL_ATTR static void OV(stats_tile)(const ov_job *J, int64_t i, int64_t v0, int B
         ov_classes(A, i * S + v0, B, cls);
     else
         memset(cls, 0, (size_t)B * sizeof cls[0]);
-    OV(activate)(A->activation, x, S, p, ps, cls, C, B);
+    T r[OV_TILE], tt[OV_TILE];
+    OV(activate)(A->activation, x, S, p, ps, cls, C, B, r);
+    const T *scale = A->activation == OV_ACT_SOFTMAX ? r : NULL;
+    const int store = scale && A->grad;
     const uint8_t *m8 = A->target_type == OV_MASK_U8 ? (const uint8_t *)A->target + off : NULL;
     const T *mt = A->target_type == OV_MASK_T ? (const T *)A->target + off : NULL;
-    const int kind = m8 ? OV(K_MASK_U8) : mt ? OV(K_MASK_T) : OV(K_LABELS);
     for (int64_t c = 0; c < C; c++) {
-        const T *pc = p + c * ps;
+        T *pc = p + c * ps;
         double *o = part + c * 3;
-        /* constant arguments: each call inlines into its own loop */
-        if (kind == OV(K_LABELS))
-            A->squared ? OV(accumulate)(OV(K_LABELS), 1, pc, cls, m8, mt, c, S, B, o)
-                       : OV(accumulate)(OV(K_LABELS), 0, pc, cls, m8, mt, c, S, B, o);
-        else if (kind == OV(K_MASK_U8))
-            A->squared ? OV(accumulate)(OV(K_MASK_U8), 1, pc, cls, m8, mt, c, S, B, o)
-                       : OV(accumulate)(OV(K_MASK_U8), 0, pc, cls, m8, mt, c, S, B, o);
+        /* constant kind and squared: each call inlines into its own loop */
+#define OV_ACC(kind, sq) OV(accumulate)(kind, sq, pc, scale, store, cls, m8, mt, c, S, B, tt, o)
+        if (m8)
+            A->squared ? OV_ACC(OV(K_MASK_U8), 1) : OV_ACC(OV(K_MASK_U8), 0);
+        else if (mt)
+            A->squared ? OV_ACC(OV(K_MASK_T), 1) : OV_ACC(OV(K_MASK_T), 0);
         else
-            A->squared ? OV(accumulate)(OV(K_MASK_T), 1, pc, cls, m8, mt, c, S, B, o)
-                       : OV(accumulate)(OV(K_MASK_T), 0, pc, cls, m8, mt, c, S, B, o);
+            A->squared ? OV_ACC(OV(K_LABELS), 1) : OV_ACC(OV(K_LABELS), 0);
+#undef OV_ACC
     }
 }
 
@@ -221,3 +300,7 @@ FL_ATTR static void OV(unit)(void *ctx, int64_t u)
 
 #undef OV
 #undef VM
+#undef LANES_ADD
+#undef OV_W
+#undef OV_DW
+#undef OV_DREGS

@@ -285,19 +285,39 @@ int fl_rowwise(int loss, int dtype, fl_row_args *A)
     return rc;
 }
 
-/* ---- label check --------------------------------------------------------------------- */
-#define SCAN(TY)                                                                      \
+/* ---- label check ---------------------------------------------------------------------
+ * Blocks of labels are first checked and counted with branch-free loops that
+ * vectorise; only a block with a bad label is searched element by element,
+ * and the weight sum (a gather) runs element by element. */
+#define SCAN_BLOCK 4096
+/* IT: the integer type the checks run in (int32 where the label type fits:
+ * twice the lanes of int64) */
+#define SCAN(TY, IT, IG, CL)                                                          \
     {                                                                                 \
         const TY *v = labels;                                                         \
-        for (int64_t r = 0; r < n; r++) {                                             \
-            const int64_t y = (int64_t)v[r];                                          \
-            if (y == ignore_index)                                                    \
-                continue;                                                             \
-            if (y < 0 || y >= classes)                                                \
-                return r;                                                             \
-            cnt++;                                                                    \
+        const IT ig = (IT)(IG), cl = (IT)(CL);                                        \
+        for (int64_t r0 = 0; r0 < n; r0 += SCAN_BLOCK) {                              \
+            const int m = n - r0 < SCAN_BLOCK ? (int)(n - r0) : SCAN_BLOCK;           \
+            const TY *b = v + r0;                                                     \
+            IT bad = 0, valid = 0;                                                    \
+            for (int r = 0; r < m; r++) {                                             \
+                const IT y = (IT)b[r];                                                \
+                const IT keep = y != ig;                                              \
+                bad |= keep & (y < 0 || y >= cl);                                     \
+                valid += keep;                                                        \
+            }                                                                         \
+            if (bad)                                                                  \
+                for (int64_t r = r0; r < r0 + m; r++) {                               \
+                    const int64_t y = (int64_t)v[r];                                  \
+                    if (y != ignore_index && (y < 0 || y >= classes))                 \
+                        return r;                                                     \
+                }                                                                     \
+            cnt += valid;                                                             \
             if (weight)                                                               \
-                ws += weight[y];                                                      \
+                for (int64_t r = r0; r < r0 + m; r++) {                               \
+                    const int64_t y = (int64_t)v[r];                                  \
+                    ws += y != ignore_index ? weight[y] : 0.0;                        \
+                }                                                                     \
         }                                                                             \
     }
 
@@ -307,10 +327,25 @@ int64_t fl_scan_labels(int label_type, const void *labels, int64_t n, int64_t cl
 {
     int64_t cnt = 0;
     double ws = 0.0;
+    /* int32 checks where they are exact: int32 labels with an ignore_index in
+     * int32 range, and uint8 labels (whose ignore_index, if outside 0..255,
+     * can match nothing: -1 stands for it); classes clamp to INT32_MAX */
+    const int ig_fits = ignore_index >= INT32_MIN && ignore_index <= INT32_MAX;
+    const int64_t cl32 = classes < INT32_MAX ? classes : INT32_MAX;
     switch (label_type) {
-    case 0: SCAN(int32_t) break;
-    case 1: SCAN(int64_t) break;
-    case 2: SCAN(uint8_t) break;
+    case 0:
+        if (ig_fits)
+            SCAN(int32_t, int32_t, ignore_index, cl32)
+        else
+            SCAN(int32_t, int64_t, ignore_index, classes)
+        break;
+    case 1: SCAN(int64_t, int64_t, ignore_index, classes) break;
+    case 2:
+        if (ig_fits)
+            SCAN(uint8_t, int32_t, ignore_index, cl32)
+        else
+            SCAN(uint8_t, int32_t, -1, cl32)   /* no uint8 label is -1 */
+        break;
     default: return -2;
     }
     *count = cnt;
