@@ -409,3 +409,226 @@ def multiclass_hinge_loss(input, target, *, margin=1.0, reduction="mean", return
     values = np.where(active, h, 0.0)
     grad = (_onehot(k, C) - onehot) * active[..., None]
     return _reduce_rows(values, grad, reduction, values.size, valid, ndim, return_grad)
+
+
+# ---- overlap (Dice family) ----
+#
+# MONAI 1.6.1's DiceLoss (also with jaccard=True), TverskyLoss and GeneralizedDiceLoss, with
+# to_onehot_y for index targets.  input (N, C, *spatial); target either class indices of
+# shape (N, *spatial) ((N, 1, *spatial) also when C > 1) or a mask of the input's shape.
+# Everything is materialised in full: the activated input p, the one-hot / mask t and the
+# valid-voxel mask m, all (N, C, *spatial) float64 ((N, 1, *spatial) for m); then per scored
+# entry (n, c) -- or per c with batch=True -- the sums
+#     I = sum m p t,   P = sum m p^q,   T = sum m t^q      (q = 2 with squared_pred, else 1)
+# Each loss is a function f(I, P, T) of an entry; the gradient of the reduced loss is
+#     dL/dp = m (dL/dI t + dL/dP q p^(q-1))   on the scored channels, 0 on a dropped background,
+# pulled back through the activation (softmax: p (g - sum_k p_k g_k); sigmoid: p (1 - p) g).
+
+__all__ += ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss"]
+
+
+def _softmax_axis1(x):
+    m = np.max(x, axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=1, keepdims=True)
+
+
+def _overlap_operands(input, target, activation, ignore_index):
+    """(x, p, t, m): the input and its activation, the target as floats and the valid-voxel
+    mask, all float64; x, p, t of the input's shape, m of shape (N, 1, *spatial)."""
+    x = _f64(input)
+    C = x.shape[1]
+    if activation == "softmax":
+        p = _softmax_axis1(x)
+    elif activation == "sigmoid":
+        p = _sigmoid(x)
+    else:
+        p = x
+    y = np.asarray(target)
+    if y.shape == x.shape:                                   # a (soft) mask
+        t = y.astype(np.float64)
+        m = np.ones((x.shape[0], 1) + x.shape[2:])
+    else:                                                    # class indices
+        if y.ndim == x.ndim:                                 # (N, 1, *spatial)
+            y = y[:, 0]
+        y = y[:, None]                                       # (N, 1, *spatial)
+        if C == 1:                                           # binary labels: foreground = 1
+            t = (y == 1).astype(np.float64)
+        else:
+            classes = np.arange(C).reshape((1, C) + (1,) * (x.ndim - 2))
+            t = (y == classes).astype(np.float64)
+        if ignore_index is None:
+            m = np.ones(y.shape)
+        else:
+            m = (y != ignore_index).astype(np.float64)
+    return x, p, t, m
+
+
+def _overlap_sums(p, t, m, include_background, batch, q):
+    """Scored channel offset and the sums I, P, T of shape (Nb, C', 1, ...), Nb = 1 with batch."""
+    off = 1 if (not include_background and p.shape[1] > 1) else 0
+    ps, ts = p[:, off:], t[:, off:]
+    axes = tuple(range(2, p.ndim))
+    if batch:
+        axes = (0,) + axes
+    I = np.sum(m * ps * ts, axis=axes, keepdims=True)
+    P = np.sum(m * ps ** q, axis=axes, keepdims=True)
+    T = np.sum(m * ts ** q, axis=axes, keepdims=True)
+    return off, I, P, T
+
+
+def _overlap_grad(x, p, t, m, off, q, gI, gP, activation):
+    """d L / d input from gI = dL/dI, gP = dL/dP (shaped like the sums, broadcast over voxels)."""
+    ps, ts = p[:, off:], t[:, off:]
+    dPdp = 2.0 * ps if q == 2 else 1.0
+    g = np.zeros(x.shape)
+    g[:, off:] = m * (gI * ts + gP * dPdp)
+    if activation == "softmax":
+        return p * (g - np.sum(p * g, axis=1, keepdims=True))
+    if activation == "sigmoid":
+        return p * (1.0 - p) * g
+    return g
+
+
+def _overlap_reduce(f, dI, dP, T, weight, ignore_empty, reduction, batch):
+    """Weight, drop empty entries, reduce.  f, dI, dP, T are per entry, shaped (Nb, C', 1, ...);
+    returns (value, dL/dI, dL/dP)."""
+    w = np.ones(f.shape[1]) if weight is None else np.broadcast_to(_f64(weight), (f.shape[1],))
+    w = w.reshape((1, -1) + (1,) * (f.ndim - 2))
+    f, dI, dP = f * w, dI * w, dP * w
+    if ignore_empty:
+        keep = T != 0
+        f = np.where(keep, f, 0.0)
+        dI = np.where(keep, dI, 0.0)
+        dP = np.where(keep, dP, 0.0)
+        count = int(keep.sum())
+    else:
+        count = f.size
+    if reduction == "none":
+        entries = f.reshape(f.shape[:2])
+        value = entries[0] if batch else entries
+    elif reduction == "sum":
+        value = np.float64(f.sum())
+    else:  # mean over the (kept) entries
+        if count == 0:
+            value, dI, dP = np.float64(0.0), np.zeros_like(dI), np.zeros_like(dP)
+        else:
+            value = np.float64(f.sum()) / np.float64(count)
+            dI, dP = dI / count, dP / count
+    return value, dI, dP
+
+
+def _dice_family(input, target, kind, *, activation, include_background, squared_pred,
+                 smooth_nr, smooth_dr, batch, weight, ignore_index, ignore_empty, reduction,
+                 return_grad, alpha=0.5, beta=0.5, gamma=1.0):
+    q = 2 if squared_pred else 1
+    snr, sdr = float(smooth_nr), float(smooth_dr)
+    x, p, t, m = _overlap_operands(input, target, activation, ignore_index)
+    off, I, P, T = _overlap_sums(p, t, m, include_background, batch, q)
+    if kind == "dice":
+        A, B = 2.0 * I + snr, P + T + sdr
+        f = 1.0 - A / B
+        dI, dP = -2.0 / B, A / (B * B)
+    elif kind == "jaccard":
+        A, B = 2.0 * I + snr, 2.0 * (P + T - I) + sdr
+        f = 1.0 - A / B
+        dI, dP = -(2.0 * B + 2.0 * A) / (B * B), 2.0 * A / (B * B)
+    else:  # tversky: B = I + alpha (P - I) + beta (T - I) + sdr
+        a, b = float(alpha), float(beta)
+        A, B = I + snr, I + a * (P - I) + b * (T - I) + sdr
+        ti = A / B
+        dti_dI = (B - A * (1.0 - a - b)) / (B * B)
+        dti_dP = -A * a / (B * B)
+        u = 1.0 - ti
+        if float(gamma) == 1.0:
+            f, df_du = u, np.ones_like(u)
+        else:
+            gm = float(gamma)
+            pos = u > 0
+            up = np.where(pos, u, 0.0)
+            f = up ** gm
+            with np.errstate(divide="ignore", invalid="ignore"):
+                df_du = np.where(pos, gm * up ** (gm - 1.0), 0.0)
+        dI, dP = -df_du * dti_dI, -df_du * dti_dP
+    value, gI, gP = _overlap_reduce(f, dI, dP, T, weight, ignore_empty, reduction, batch)
+    if not return_grad:
+        return value
+    return value, _overlap_grad(x, p, t, m, off, q, gI, gP, activation)
+
+
+def dice_loss(input, target, *, activation=None, include_background=True, squared_pred=False,
+              smooth_nr=1e-5, smooth_dr=1e-5, batch=False, weight=None, ignore_index=None,
+              ignore_empty=False, reduction="mean", return_grad=False):
+    """MONAI DiceLoss: f = 1 - (2 I + smooth_nr) / (P + T + smooth_dr) per (n, c) (per c with
+    batch), times weight[c]; "mean" is the plain mean over the (kept) entries, "none" returns
+    (N, C') or (C',) with batch.  Unlike MONAI the weight also applies when C' == 1."""
+    return _dice_family(input, target, "dice", activation=activation,
+                        include_background=include_background, squared_pred=squared_pred,
+                        smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch, weight=weight,
+                        ignore_index=ignore_index, ignore_empty=ignore_empty,
+                        reduction=reduction, return_grad=return_grad)
+
+
+def jaccard_loss(input, target, *, activation=None, include_background=True, squared_pred=False,
+                 smooth_nr=1e-5, smooth_dr=1e-5, batch=False, weight=None, ignore_index=None,
+                 ignore_empty=False, reduction="mean", return_grad=False):
+    """MONAI DiceLoss(jaccard=True): f = 1 - (2 I + smooth_nr) / (2 (P + T - I) + smooth_dr)."""
+    return _dice_family(input, target, "jaccard", activation=activation,
+                        include_background=include_background, squared_pred=squared_pred,
+                        smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch, weight=weight,
+                        ignore_index=ignore_index, ignore_empty=ignore_empty,
+                        reduction=reduction, return_grad=return_grad)
+
+
+def tversky_loss(input, target, *, alpha=0.5, beta=0.5, gamma=1.0, activation=None,
+                 include_background=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
+                 weight=None, ignore_index=None, ignore_empty=False, reduction="mean",
+                 return_grad=False):
+    """MONAI TverskyLoss, TI = (I + smooth_nr) / (I + alpha (P - I) + beta (T - I) + smooth_dr),
+    f = 1 - TI; focal Tversky max(1 - TI, 0)^gamma for gamma != 1 (gradient 0 where
+    1 - TI <= 0).  weight and ignore_empty as in dice_loss (MONAI's Tversky has neither)."""
+    return _dice_family(input, target, "tversky", activation=activation,
+                        include_background=include_background, squared_pred=False,
+                        smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch, weight=weight,
+                        ignore_index=ignore_index, ignore_empty=ignore_empty,
+                        reduction=reduction, return_grad=return_grad,
+                        alpha=alpha, beta=beta, gamma=gamma)
+
+
+def generalized_dice_loss(input, target, *, w_type="square", activation=None,
+                          include_background=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
+                          ignore_index=None, reduction="mean", return_grad=False):
+    """MONAI GeneralizedDiceLoss: per sample (one value with batch)
+        f = 1 - (2 sum_c w_c I_c + smooth_nr) / (sum_c w_c (P_c + T_c) + smooth_dr),
+    w = 1/T^2 ("square"), 1/T ("simple"), 1 ("uniform"); an infinite weight (T == 0) becomes
+    the largest finite weight of its sample (of all, with batch).  The weights depend on the
+    target only and are constants for the gradient.  "none" returns (N,), or (1,) with batch.
+    (MONAI has no ignore_index here; voxels are masked out of I, P, T as in dice_loss.)"""
+    snr, sdr = float(smooth_nr), float(smooth_dr)
+    x, p, t, m = _overlap_operands(input, target, activation, ignore_index)
+    off, I, P, T = _overlap_sums(p, t, m, include_background, batch, 1)
+    with np.errstate(divide="ignore"):
+        if w_type == "square":
+            w = 1.0 / (T * T)
+        elif w_type == "simple":
+            w = 1.0 / T
+        else:
+            w = np.ones_like(T)
+    infs = np.isinf(w)
+    w = np.where(infs, 0.0, w)
+    w = w + infs * np.max(w, axis=1, keepdims=True)          # (Nb, C', 1, ...): per sample
+    A = 2.0 * np.sum(w * I, axis=1, keepdims=True) + snr
+    B = np.sum(w * (P + T), axis=1, keepdims=True) + sdr
+    f = (1.0 - A / B).reshape(-1)                            # (N,), or (1,) with batch
+    dI, dP = -2.0 * w / B, w * A / (B * B)
+    if reduction == "none":
+        value = f
+    elif reduction == "sum":
+        value = np.float64(f.sum())
+    else:
+        value = np.float64(f.sum()) / np.float64(f.size)
+        dI, dP = dI / f.size, dP / f.size
+    if not return_grad:
+        return value
+    return value, _overlap_grad(x, p, t, m, off, 1, dI, dP, activation)

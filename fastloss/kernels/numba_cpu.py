@@ -1062,3 +1062,197 @@ def scan_labels(target, classes, ignore_index, weight):
     first_bad = int(hits[0]) if hits.size else -1
     count = int(cnt.sum())
     return first_bad, (float(ws.sum()) if has_w else float(count)), count
+
+
+# ---- overlap (Dice family) ----
+# ``overlap(call, finish) -> (stats, grad)`` for one kernels.OverlapCall; the
+# per-voxel math (activation, the contributions to the sums, the gradient) is
+# ._overlapmath's, the source the CUDA kernels compile too.
+#
+# Work units: each sample's S voxels cut into OVERLAP_UNIT-voxel units (the
+# last one shorter), N * ceil(S / OVERLAP_UNIT) in all; prange runs over the
+# units and each writes one (C, 3) float64 partial, which the kernel then folds
+# per sample in unit order: the statistics depend on (N, C, S) only, never on
+# the thread count.  A unit works in tiles of T consecutive voxels (T =
+# OVERLAP_TILE, fewer for many classes so that T*C <= OVERLAP_SCRATCH): every
+# inner loop runs over the tile's voxels, contiguous in memory, with the
+# activated values of the tile (T*C float64) in a per-unit scratch -- nothing
+# of the volume's size is allocated.  Each sum is kept in T float64 lanes per
+# class (lane j: the tile voxels j, summed over the unit's tiles in order), the
+# lanes folded in a fixed order at the end of the unit (._overlapmath.lanesum).
+# The gradient pass (after finish) uses the same units and recomputes the
+# activation from the input; every grad element is written by exactly one unit.
+#
+# Compile budget: ONE kernel per input dtype.  The pass (stats / grad), the
+# activation, squared, labels-or-mask and the target dtype are runtime values:
+# the target is read from one of four typed arrays (uint8, int32, int64, the
+# input's float dtype) picked by a code, the others 1-element dummies.
+# ---------------------------------------------------------------------------
+
+OVERLAP_UNIT = 4096        # voxels per work unit (one sample's): one (C, 3) partial each
+OVERLAP_TILE = 256         # voxels per tile inside a unit ...
+OVERLAP_SCRATCH = 8192     # ... at most this many activated values (T*C) per tile, T >= 1
+
+
+def _overlap_math():
+    import numba
+
+    from . import _numba_vmath, _overlapmath
+    return _built.get("overlapmath", lambda: _overlapmath.compile_for(
+        numba.njit(inline="always", error_model="numpy"),
+        numba.njit(nogil=True, error_model="numpy"),
+        {"exp": _numba_vmath.exp}))
+
+
+def _build_overlap(parallel):
+    import numba
+
+    om = _overlap_math()
+    load_labels, activate, stats_tile, grad_tile, lanesum = (
+        om["load_labels"], om["activate"], om["stats_tile"], om["grad_tile"], om["lanesum"])
+    jit = numba.njit(nogil=True, error_model="numpy")
+    U, TILE_V, SCRATCH = OVERLAP_UNIT, OVERLAP_TILE, OVERLAP_SCRATCH
+
+    @jit
+    def unit(mode, x, t8, t32, t64, tf, labels, tsrc, C, S, act, squared, ignore, base,
+             partials, coef, grad, u):
+        ups = (S + U - 1) // U
+        i = u // ups
+        s_lo = (u - i * ups) * U
+        s_hi = min(s_lo + U, S)
+        T = max(1, min(TILE_V, SCRATCH // C))
+        mx = np.empty(T)
+        se = np.empty(T)
+        pb = np.empty(T * C)
+        lab = np.zeros(T, np.int64)
+        keep = np.ones(T, np.uint8)
+        tb = np.empty(T)
+        gb = np.empty(T)
+        dot = np.empty(T)
+        if mode == 0:   # per-lane sums: lane j of class k at k*T + j
+            a1 = np.zeros(T * C)
+            a2 = np.zeros(T * C)
+            a3 = np.zeros(T * C)
+        else:
+            a1 = a2 = a3 = np.zeros(1)
+        for s0 in range(s_lo, s_hi, T):
+            nt = min(T, s_hi - s0)
+            xb = i * C * S + s0
+            if labels:
+                load_labels(t8, t32, t64, tsrc, ignore, i * S + s0, nt, lab, keep)
+            if mode == 0:   # (c_lo an int64, not a literal 0: grad_tile's signature)
+                activate(x, xb, S, C, np.int64(0), C, nt, act, mx, se, pb, T)
+                stats_tile(pb, T, nt, 0, C, xb, S, labels, lab, keep, base, t8, tf, tsrc,
+                           squared, tb, a1, a2, a3)
+            else:
+                grad_tile(x, xb, S, C, C, nt, T, act, squared, labels, lab, keep, base, t8, tf,
+                          tsrc, coef, i * C * 2, mx, se, pb, tb, gb, dot, grad)
+        if mode == 0:   # the lanes of each sum folded in a fixed order
+            o = u * 3 * C
+            for k in range(C):
+                partials[o + 3 * k] = lanesum(a1[k * T:(k + 1) * T], T)
+                partials[o + 3 * k + 1] = lanesum(a2[k * T:(k + 1) * T], T)
+                partials[o + 3 * k + 2] = lanesum(a3[k * T:(k + 1) * T], T)
+
+    @numba.njit(parallel=parallel, nogil=True)
+    def kernel(mode, x, t8, t32, t64, tf, labels, tsrc, n, C, S, act, squared, ignore, base,
+               partials, stats, coef, grad):
+        ups = (S + U - 1) // U
+        for u in numba.prange(n * ups):
+            unit(mode, x, t8, t32, t64, tf, labels, tsrc, C, S, act, squared, ignore, base,
+                 partials, coef, grad, np.int64(u))
+        if mode == 0:   # fold the partials per sample, in unit order
+            K = 3 * C
+            for i in range(n):
+                for k in range(ups):
+                    o = (i * ups + k) * K
+                    for e in range(K):
+                        stats[i * K + e] += partials[o + e]
+    kernel.unit = unit   # for inspection
+    return kernel
+
+
+def _overlap_targets(call, dtype, size_labels, size_mask):
+    """(t8, t32, t64, tf, tsrc, labels): the target in the array its dtype picks,
+    dummies for the others."""
+    from . import _overlapmath as om
+
+    labels = call.target_kind == "labels"
+    if not labels and call.target_kind != "mask":
+        raise ValueError(f"target_kind: expected 'labels' or 'mask', got {call.target_kind!r}")
+    t = np.ascontiguousarray(call.target).reshape(-1)
+    if t.dtype == np.bool_:
+        t = t.view(np.uint8)
+    want = size_labels if labels else size_mask
+    if t.size != want:
+        raise ValueError(f"target: expected {want} elements ({call.target_kind}), got {t.size}")
+    arrays = [np.zeros(1, np.uint8), np.zeros(1, np.int32), np.zeros(1, np.int64),
+              np.zeros(1, dtype)]
+    if t.dtype == np.uint8:
+        tsrc = om.T_U8
+    elif labels and t.dtype == np.int32:
+        tsrc = om.T_I32
+    elif labels and t.dtype == np.int64:
+        tsrc = om.T_I64
+    elif not labels and t.dtype == dtype:
+        tsrc = om.T_FLOAT
+    else:
+        raise TypeError(f"target: {call.target_kind} of dtype {t.dtype} not supported by the "
+                        f"overlap kernels (labels: int32, int64, uint8; masks: uint8, bool or "
+                        f"the input's dtype {dtype})")
+    arrays[tsrc] = t
+    return (*arrays, tsrc, labels)
+
+
+def _overlap_coef(finish, stats):
+    n, C = stats.shape[:2]
+    coef = np.ascontiguousarray(finish(stats), dtype=np.float64)
+    if coef.shape != (n, C, 2):
+        raise ValueError(f"finish: expected coefficients of shape {(n, C, 2)}, got "
+                         f"{coef.shape}")
+    return coef.reshape(-1)
+
+
+def overlap(call, finish):
+    """(stats, grad) for one kernels.OverlapCall: host float64 (N, C, 3) sums
+    (I, P, T), then, when call.want_grad, the gradient (like the input) from
+    ``coef = finish(stats)``."""
+    global _threads_started
+    from . import _overlapmath as om
+
+    x = np.ascontiguousarray(call.input).reshape(-1)
+    dtype = x.dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"input: expected float32 or float64, got {dtype}")
+    n, C, S = int(call.n), int(call.classes), int(call.inner)
+    if x.size != n * C * S:
+        raise ValueError(f"input: expected n*classes*inner = {n * C * S} elements, got {x.size}")
+    if call.activation not in om.ACTIVATION_CODES:
+        raise ValueError(f"activation: expected one of {tuple(om.ACTIVATION_CODES)}, got "
+                         f"{call.activation!r}")
+    act = om.ACTIVATION_CODES[call.activation]
+    t8, t32, t64, tf, tsrc, labels = _overlap_targets(call, dtype, n * S, n * C * S)
+    units = n * ((S + OVERLAP_UNIT - 1) // OVERLAP_UNIT) if C > 0 else 0
+    stats = np.zeros(n * C * 3, np.float64)
+    partials = np.empty(units * 3 * C, np.float64)
+    dummy = np.zeros(1, dtype)
+    coef1 = np.zeros(1, np.float64)
+    args = (x, t8, t32, t64, tf, bool(labels), np.int64(tsrc), np.int64(n), np.int64(C),
+            np.int64(S), np.int64(act), bool(call.squared), np.int64(call.ignore_index),
+            np.int64(call.label_base))
+    kernel = None
+    if units:
+        parallel = not _forked_child
+        kernel = _built.get(("overlap", parallel), lambda: _build_overlap(parallel))
+        if parallel:
+            _apply_thread_count()
+            _threads_started = True
+        kernel(np.int64(0), *args, partials, stats, coef1, dummy)
+    stats = stats.reshape(n, C, 3)
+    if not call.want_grad:
+        return stats, None
+    coef = _overlap_coef(finish, stats)
+    grad = np.empty(x.size, dtype)
+    if units:
+        kernel(np.int64(1), *args, partials, stats.reshape(-1), coef, grad)
+    return stats, grad

@@ -650,3 +650,228 @@ def scan_labels(target, classes, ignore_index, weight):
     count = int(cnt.copy_to_host().sum())
     weight_sum = float(ws.copy_to_host().sum()) if has_w else float(count)
     return (-1 if best >= n else best), weight_sum, count
+
+
+# ---- overlap (Dice family) ----
+# ``overlap(call, finish) -> (stats, grad)`` for one kernels.OverlapCall on the
+# GPU; the per-voxel math is ._overlapmath's (the CPU kernels' source too),
+# called with tiles of one voxel.
+#
+# * stats: a grid of blocks over jobs; a job is one sample's chunk of
+#   OVERLAP_VOXELS consecutive voxels (the geometry's; blocks loop over jobs,
+#   grid-stride), the block's threads stride over the chunk's voxels, each
+#   thread summing (I, P, T) of a class window of up to OVERLAP_WINDOW classes
+#   in float64 registers / local memory.  The block then reduces its threads'
+#   sums in a fixed shared-memory tree (OVERLAP_RK values a step) and writes
+#   one (window, 3) partial per job; more than OVERLAP_WINDOW classes: the
+#   block runs the chunk once per window (softmax still normalises over all C).
+#   No float atomics: a fold kernel adds each sample's job partials in job
+#   order, so the statistics depend on the shape and geometry only.  The
+#   (N, C, 3) statistics (N*C*3 doubles) come to the host.
+# * grad: coef (N*C*2 doubles) goes to the device; one thread per voxel
+#   (grid-stride) recomputes the activation and writes the voxel's C values,
+#   in the same class windows.
+#
+# Compile budget: stats and grad kernels once per input dtype, the fold kernel
+# once; activation, squared and the target kind / dtype are runtime values (the
+# target is read from one of four typed arrays, the others 1-element dummies).
+# ---------------------------------------------------------------------------
+
+OVERLAP_RK = 8   # sums reduced together in one step of the shared-memory tree
+
+
+def _overlap_geometry():
+    """(threads per block, most blocks, voxels per job, classes per window):
+    small under the simulator (its windows of 4 exercise the many-class path)."""
+    return (32, 2, 64, 4) if _simulated() else (256, 1024, 8192, 32)
+
+
+def _build_overlap():
+    from numba import uint8
+
+    from . import _overlapmath
+
+    om = _built.get("overlapmath", lambda: _overlapmath.compile_for(cuda.jit(device=True)))
+    load_labels, activate, stats_tile, grad_tile = (om["load_labels"], om["activate"],
+                                                    om["stats_tile"], om["grad_tile"])
+    threads, _, vpj, W = _overlap_geometry()
+    RK = OVERLAP_RK
+
+    @cuda.jit
+    def stats_kernel(x, t8, t32, t64, tf, labels, tsrc, n, C, S, act, squared, ignore, base,
+                     jps, partials):
+        sh = cuda.shared.array((RK, threads), float64)
+        a1 = cuda.local.array(W, float64)
+        a2 = cuda.local.array(W, float64)
+        a3 = cuda.local.array(W, float64)
+        pb = cuda.local.array(W, float64)
+        mx = cuda.local.array(1, float64)
+        se = cuda.local.array(1, float64)
+        tb = cuda.local.array(1, float64)
+        lab = cuda.local.array(1, int64)
+        keep = cuda.local.array(1, uint8)
+        tid = cuda.threadIdx.x
+        keep[0] = 1
+        lab[0] = 0
+        nw = (C + W - 1) // W
+        K = 3 * C
+        job = cuda.blockIdx.x
+        while job < n * jps:   # uniform across the block
+            i = job // jps
+            s_lo = (job - i * jps) * vpj
+            s_hi = min(s_lo + vpj, S)
+            for w in range(nw):
+                c_lo = w * W
+                nc = min(W, C - c_lo)
+                for k in range(nc):
+                    a1[k] = 0.0
+                    a2[k] = 0.0
+                    a3[k] = 0.0
+                s = s_lo + tid
+                while s < s_hi:
+                    xb = i * C * S + s
+                    if labels:
+                        load_labels(t8, t32, t64, tsrc, ignore, i * S + s, 1, lab, keep)
+                    activate(x, xb, S, C, c_lo, nc, 1, act, mx, se, pb, 1)
+                    stats_tile(pb, 1, 1, c_lo, nc, xb, S, labels, lab, keep, base, t8, tf,
+                               tsrc, squared, tb, a1, a2, a3)
+                    s += threads
+                # the block's sums of the 3*nc values (class k, q at 3k + q),
+                # OVERLAP_RK at a time, in a fixed tree
+                for r0 in range(0, 3 * nc, RK):
+                    for k in range(RK):
+                        r = r0 + k
+                        v = 0.0
+                        if r < 3 * nc:
+                            q = r % 3
+                            v = a1[r // 3] if q == 0 else (a2[r // 3] if q == 1 else a3[r // 3])
+                        sh[k, tid] = v
+                    cuda.syncthreads()
+                    step = threads // 2
+                    while step > 0:
+                        if tid < step:
+                            for k in range(RK):
+                                sh[k, tid] += sh[k, tid + step]
+                        cuda.syncthreads()
+                        step //= 2
+                    if tid < RK and r0 + tid < 3 * nc:
+                        partials[job * K + 3 * c_lo + r0 + tid] = sh[tid, 0]
+                    cuda.syncthreads()
+            job += cuda.gridDim.x
+
+    @cuda.jit
+    def fold_kernel(partials, jps, K, total, stats):
+        # stats[i, r] = sum over the sample's jobs, in job order
+        e = cuda.grid(1)
+        while e < total:
+            i = e // K
+            r = e - i * K
+            s = 0.0
+            for k in range(jps):
+                s += partials[(i * jps + k) * K + r]
+            stats[e] = s
+            e += cuda.gridsize(1)
+
+    @cuda.jit
+    def grad_kernel(x, t8, t32, t64, tf, labels, tsrc, n, C, S, act, squared, ignore, base,
+                    coef, grad):
+        pb = cuda.local.array(W, float64)
+        mx = cuda.local.array(1, float64)
+        se = cuda.local.array(1, float64)
+        tb = cuda.local.array(1, float64)
+        gb = cuda.local.array(1, float64)
+        dot = cuda.local.array(1, float64)
+        lab = cuda.local.array(1, int64)
+        keep = cuda.local.array(1, uint8)
+        keep[0] = 1
+        lab[0] = 0
+        v = cuda.grid(1)
+        while v < n * S:
+            i = v // S
+            xb = i * C * S + (v - i * S)
+            if labels:
+                load_labels(t8, t32, t64, tsrc, ignore, v, 1, lab, keep)
+            grad_tile(x, xb, S, C, W, 1, 1, act, squared, labels, lab, keep, base, t8, tf, tsrc,
+                      coef, i * C * 2, mx, se, pb, tb, gb, dot, grad)
+            v += cuda.gridsize(1)
+
+    return stats_kernel, fold_kernel, grad_kernel
+
+
+def _overlap_targets(call, dtype, size_labels, size_mask):
+    """(t8, t32, t64, tf, tsrc, labels): the device target in the array its dtype
+    picks, 1-element device dummies for the others."""
+    from . import _overlapmath as om
+
+    labels = call.target_kind == "labels"
+    if not labels and call.target_kind != "mask":
+        raise ValueError(f"target_kind: expected 'labels' or 'mask', got {call.target_kind!r}")
+    t = _as_device(call.target)
+    t = t.reshape(t.size)
+    tdt = np.dtype(t.dtype)
+    if tdt == np.bool_:
+        t = t.view(np.uint8)
+        tdt = np.dtype(np.uint8)
+    want = size_labels if labels else size_mask
+    if t.size != want:
+        raise ValueError(f"target: expected {want} elements ({call.target_kind}), got {t.size}")
+    if tdt == np.uint8:
+        tsrc = om.T_U8
+    elif labels and tdt == np.int32:
+        tsrc = om.T_I32
+    elif labels and tdt == np.int64:
+        tsrc = om.T_I64
+    elif not labels and tdt == dtype:
+        tsrc = om.T_FLOAT
+    else:
+        raise TypeError(f"target: {call.target_kind} of dtype {tdt} not supported by the "
+                        f"overlap kernels (labels: int32, int64, uint8; masks: uint8, bool or "
+                        f"the input's dtype {dtype})")
+    arrays = [cuda.device_array(1, d) for d in (np.uint8, np.int32, np.int64, dtype)]
+    arrays[tsrc] = t
+    return (*arrays, tsrc, labels)
+
+
+def overlap(call, finish):
+    """(stats, grad) for one kernels.OverlapCall on the GPU: host float64
+    (N, C, 3) sums (I, P, T), then, when call.want_grad, the gradient (a flat
+    device array like the input) from ``coef = finish(stats)``."""
+    from . import _overlapmath as om
+
+    x = _as_device(call.input)
+    x = x.reshape(x.size)
+    dtype = np.dtype(x.dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"input: expected float32 or float64, got {dtype}")
+    n, C, S = int(call.n), int(call.classes), int(call.inner)
+    if x.size != n * C * S:
+        raise ValueError(f"input: expected n*classes*inner = {n * C * S} elements, got {x.size}")
+    if call.activation not in om.ACTIVATION_CODES:
+        raise ValueError(f"activation: expected one of {tuple(om.ACTIVATION_CODES)}, got "
+                         f"{call.activation!r}")
+    act = om.ACTIVATION_CODES[call.activation]
+    t8, t32, t64, tf, tsrc, labels = _overlap_targets(call, dtype, n * S, n * C * S)
+    threads, most, vpj, _ = _overlap_geometry()
+    stats_kernel, fold_kernel, grad_kernel = _built.get("overlap", _build_overlap)
+    args = (x, t8, t32, t64, tf, bool(labels), int(tsrc), n, C, S, int(act), bool(call.squared),
+            int(call.ignore_index), int(call.label_base))
+    stats = np.zeros((n, C, 3), np.float64)
+    if n * S and C:
+        jps = (S + vpj - 1) // vpj
+        jobs = n * jps
+        K = 3 * C
+        partials = cuda.device_array(jobs * K, np.float64)
+        stats_kernel[min(most, jobs), threads](*args, jps, partials)
+        d_stats = cuda.device_array(n * K, np.float64)
+        fold_kernel[_blocks(n * K), threads](partials, jps, K, n * K, d_stats)
+        stats = d_stats.copy_to_host().reshape(n, C, 3)
+    if not call.want_grad:
+        return stats, None
+    coef = np.ascontiguousarray(finish(stats), dtype=np.float64)
+    if coef.shape != (n, C, 2):
+        raise ValueError(f"finish: expected coefficients of shape {(n, C, 2)}, got "
+                         f"{coef.shape}")
+    grad = cuda.device_array(x.size, dtype)
+    if n * S and C:
+        grad_kernel[_blocks(n * S), threads](*args, cuda.to_device(coef.reshape(-1)), grad)
+    return stats, grad
