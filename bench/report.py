@@ -1,4 +1,4 @@
-"""Turn a pytest-benchmark JSON of bench/test_bench_elementwise.py into a report.
+"""Turn a pytest-benchmark JSON of the bench/ suites into a report.
 
     pytest bench --benchmark-json=bench/results/raw.json
     python bench/report.py bench/results/raw.json [MORE.json ...] [--name NAME] [--primary c]
@@ -33,10 +33,25 @@ NUMBA_VS_C = 3.0              # numba no slower than this many times c
 SMALL_N, SMALL_CALL_S = 1_000, 5e-6   # a complete call at n = 1e3
 
 
-# multi-class targets (issue 3): (case, value+grad speed-up vs torch, extra bytes per row)
-MULTICLASS_TARGETS = (("cross_entropy[llm]", 3.0, 1000.0),   # < 1 MB per 1000 rows
-                      ("cross_entropy[seg]", 5.0, None),
-                      ("softmax_focal_loss[seg]", 5.0, None))
+# The other families' suites (bench/test_bench_<family>.py): the baseline
+# backend their speed-ups are against, and the targets as (case, value+grad
+# speed-up, peak extra bytes: per row for multiclass, per call otherwise) and
+# (case, forward share of the read bandwidth).
+FAMILIES = {
+    "multiclass": dict(   # issue 3
+        title="Multi-class losses", baseline="torch",
+        note="float32, mean reduction; value+grad in torch = forward + `torch.autograd.grad`.",
+        targets=(("cross_entropy[llm]", 3.0, 1000.0),   # < 1 MB per 1000 rows
+                 ("cross_entropy[seg]", 5.0, None),
+                 ("softmax_focal_loss[seg]", 5.0, None))),
+    "overlap": dict(      # issue 4
+        title="Overlap (Dice-family) losses", baseline="monai",
+        note="float32 logits, uint8 labels, softmax inside the loss, mean reduction; monai = "
+             "MONAI's loss module (`softmax=True, to_onehot_y=True`) on PyTorch CPU, "
+             "value+grad = forward + `torch.autograd.grad`.",
+        targets=(("dice_loss[3d]", 10.0, 1e6),),
+        bandwidth=(("dice_loss[3d]", 0.60),)),
+}
 
 
 @dataclass
@@ -47,7 +62,7 @@ class Run:
     bandwidth: float       # GB/s
     bandwidth_how: str
     meta: dict
-    multiclass: dict = None   # (case, backend, mode) -> extra_info + "median"
+    families: dict = None     # family -> {(case, backend, mode): extra_info + "median"}
 
     def gbps(self, loss, backend, n, mode):
         t = self.times.get((loss, backend, n, mode))
@@ -64,11 +79,12 @@ def load(paths: list[Path]) -> Run:
     runs = [json.loads(p.read_text()) for p in paths]
     data = runs[0]
     times, busy, nbytes, bw, how, meta = {}, {}, {}, 0.0, "not measured in this run", {}
-    multiclass = {}
+    families = {}
     for b in (b for d in runs for b in d["benchmarks"]):
         info, stats = b.get("extra_info", {}), b["stats"]
-        if info.get("family") == "multiclass":
-            multiclass[info["case"], info["backend"], info["mode"]] = {
+        if info.get("family") in FAMILIES:
+            families.setdefault(info["family"], {})[info["case"], info["backend"],
+                                                    info["mode"]] = {
                 **info, "median": stats["median"]}
         elif info.get("mode") == "bandwidth":
             # the fastest pass is the machine's ceiling: take the best of the
@@ -89,7 +105,7 @@ def load(paths: list[Path]) -> Run:
     mi = data.get("machine_info") or {}
     meta["cpu"] = (mi.get("cpu") or {}).get("brand_raw", mi.get("processor", ""))
     meta["python"] = mi.get("python_version", "")
-    return Run(times, busy, nbytes, bw, how, meta, multiclass)
+    return Run(times, busy, nbytes, bw, how, meta, families)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -162,23 +178,36 @@ def targets(run: Run, primary: str) -> tuple[int, list[tuple[str, list[str]]]]:
     return big, table
 
 
-def multiclass_targets(run: Run, primary: str) -> list[tuple[str, str, str]]:
-    """(case, speed-up cell, memory cell) per multi-class target."""
+def family_targets(run: Run, family: str, primary: str) -> list[tuple[str, str, str]]:
+    """(target, speed-up cell, memory cell) per target of a family (FAMILIES)."""
+    spec = FAMILIES[family]
+    entries = run.families.get(family, {})
     out = []
-    for case, speedup, per_row in MULTICLASS_TARGETS:
-        mine = run.multiclass.get((case, primary, "value+grad"))
-        torch = run.multiclass.get((case, "torch", "value+grad"))
+    for case, speedup, per_row in spec["targets"]:
+        mine = entries.get((case, primary, "value+grad"))
+        base = entries.get((case, spec["baseline"], "value+grad"))
         if not mine:
             continue
-        r = torch["median"] / mine["median"] if torch else None
+        r = base["median"] / mine["median"] if base else None
         speed = "n/a" if r is None else f"{fmt_x(r)} {'PASS' if r >= speedup else 'MISS'}"
         memory = ""
         if per_row is not None and mine.get("peak_extra_bytes") is not None:
-            rows = mine["shape"][0] * math.prod(mine["shape"][2:])
+            rows = mine["shape"][0] * math.prod(mine["shape"][2:]) if family == "multiclass" \
+                else 1
             limit = per_row * rows
-            memory = (f"{fmt_bytes(mine['peak_extra_bytes'])} (limit {fmt_bytes(limit)}) "
-                      f"{'PASS' if mine['peak_extra_bytes'] < limit else 'MISS'}")
-        out.append((f"{case} value+grad ≥{speedup:g}× torch", speed, memory))
+            theirs = f"; {spec['baseline']}: {fmt_bytes(base.get('peak_extra_bytes'))}" \
+                if base else ""
+            memory = (f"{fmt_bytes(mine['peak_extra_bytes'])} (limit {fmt_bytes(limit)}"
+                      f"{theirs}) {'PASS' if mine['peak_extra_bytes'] < limit else 'MISS'}")
+        out.append((f"{case} value+grad ≥{speedup:g}× {spec['baseline']}", speed, memory))
+    for case, share in spec.get("bandwidth", ()):
+        mine = entries.get((case, primary, "forward"))
+        if not mine or not run.bandwidth:
+            continue
+        got = mine["bytes_read"] / mine["median"] / 1e9
+        out.append((f"{case} forward ≥{share:.0%} of the read bandwidth",
+                    f"{got:.1f} GB/s = {got / run.bandwidth:.0%} of {run.bandwidth:.1f} "
+                    f"{'PASS' if got >= share * run.bandwidth else 'MISS'}", ""))
     return out
 
 
@@ -189,27 +218,28 @@ def fmt_bytes(b) -> str:
         f"{b / 1e3:.0f} kB"
 
 
-def multiclass_lines(run: Run, primary: str) -> list[str]:
-    if not run.multiclass:
+def family_lines(run: Run, family: str, primary: str) -> list[str]:
+    spec = FAMILIES[family]
+    entries = run.families.get(family)
+    if not entries:
         return []
-    lines = ["", "## Multi-class losses", "",
-             "float32, mean reduction; value+grad in torch = forward + `torch.autograd.grad`; "
-             "peak extra = resident-memory high-water mark of one call above its level "
+    baseline = spec["baseline"]
+    lines = ["", f"## {spec['title']}", "", spec["note"] +
+             " Peak extra = resident-memory high-water mark of one call above its level "
              "before, minus the gradient output (every allocator counts).", ""]
-    checks = multiclass_targets(run, primary)
+    checks = family_targets(run, family, primary)
     if checks:
-        lines += ["| target | speed-up | peak extra memory |", "|---|---|---|"]
+        lines += ["| target | result | peak extra memory |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in checks]
         lines.append("")
-    lines += ["| case | shape | mode | backend | median | vs torch | peak extra memory |",
+    lines += [f"| case | shape | mode | backend | median | vs {baseline} | peak extra memory |",
               "|---|---|---|---|---:|---:|---:|"]
-    cases = list(dict.fromkeys(k[0] for k in run.multiclass))
-    for case in cases:
+    for case in dict.fromkeys(k[0] for k in entries):
         for mode in MODES:
-            torch = run.multiclass.get((case, "torch", mode))
-            for b in ordered({k[1] for k in run.multiclass if k[0] == case and k[2] == mode}):
-                e = run.multiclass[case, b, mode]
-                r = torch["median"] / e["median"] if torch else None
+            base = entries.get((case, baseline, mode))
+            for b in ordered({k[1] for k in entries if k[0] == case and k[2] == mode}):
+                e = entries[case, b, mode]
+                r = base["median"] / e["median"] if base else None
                 warn = " ⚠" if (e.get("others_cpu") or 0) > BUSY else ""
                 lines.append(f"| {case} | {tuple(e['shape'])} | {mode} | {b} | "
                              f"{fmt_time(e['median'])}{warn} | {fmt_x(r)} | "
@@ -290,7 +320,8 @@ def markdown(run: Run, name: str, primary: str, judged, chart: str | None) -> st
                                  f"| {fmt_x(run.ratio(loss, b, n, mode, 'numpy'))} |")
     if chart:
         lines += ["", f"![GB/s per loss and backend]({chart})"]
-    lines += multiclass_lines(run, primary)
+    for family in FAMILIES:
+        lines += family_lines(run, family, primary)
     return "\n".join(lines) + "\n"
 
 
@@ -341,7 +372,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     run = load(args.json)
-    if not run.times and not run.multiclass:
+    if not run.times and not run.families:
         print(f"{' '.join(map(str, args.json))}: no loss benchmarks with timings (was it run with "
               f"--benchmark-disable?)", file=sys.stderr)
         return 2
@@ -363,8 +394,9 @@ def main(argv=None) -> int:
               f"processes used more than {BUSY:.0%} of the CPUs (marked ⚠ in {md.name})")
     if table:
         print("\n".join(target_lines(table)))
-    for target, speed, memory in multiclass_targets(run, args.primary):
-        print(f"{target}: {speed}" + (f"; peak extra memory {memory}" if memory else ""))
+    for family in FAMILIES:
+        for target, speed, memory in family_targets(run, family, args.primary):
+            print(f"{target}: {speed}" + (f"; peak extra memory {memory}" if memory else ""))
     print(f"{passed}/{judged} targets pass; wrote {md}" + (f" and {png}" if chart else ""))
     return 0
 

@@ -28,8 +28,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 import fastloss
-from fastloss.testing import (CASES, MULTICLASS_CASES, Case, MulticlassCase, make_inputs,
-                              make_multiclass_inputs)
+from fastloss.testing import (CASES, MULTICLASS_CASES, OVERLAP_CASES, Case, MulticlassCase,
+                              make_inputs, make_multiclass_inputs)
 
 __all__ = ["median_time", "wall_timer", "quiet_openmp", "make_call", "bytes_read", "read_bandwidth",
            "cpu_backends", "torch_available", "gpu_name", "to_host", "OthersCPU", "main",
@@ -137,7 +137,8 @@ def make_call(case: Case | str, backend: str, x, y, *, grad: bool = False,
 
 def make_multiclass_call(case: MulticlassCase | str, backend: str, x, y, *,
                          grad: bool = False) -> Callable[[], object]:
-    """Like :func:`make_call`, for a case of ``MULTICLASS_CASES`` (mean reduction)."""
+    """Like :func:`make_call`, for a case of ``MULTICLASS_CASES`` or
+    ``OVERLAP_CASES`` (mean reduction)."""
     if isinstance(case, str):
         case = MULTICLASS_CASES[case]
     params = dict(case.params)
@@ -346,10 +347,11 @@ def _ratio(base: float | None, t: float) -> str:
 
 def cmd_bench(args) -> int:
     dtype = np.dtype(args.dtype)
-    all_names = list(CASES) + sorted({c.name for c in MULTICLASS_CASES.values()})
+    families = {"multiclass": MULTICLASS_CASES, "overlap": OVERLAP_CASES}
+    all_names = list(CASES) + sorted({c.name for cases in families.values()
+                                      for c in cases.values()})
     chosen = _split(args.losses, all_names, "loss") or all_names
     losses = [name for name in chosen if name in CASES]
-    args.multiclass = [c for c in MULTICLASS_CASES.values() if c.name in chosen]
     have_torch = torch_available()
     default_backends = cpu_backends() + ["numpy"] + (["torch"] if have_torch else [])
     backends = _split(args.backends, list(CPU_COMPILED) + list(BASELINES),
@@ -402,7 +404,9 @@ def cmd_bench(args) -> int:
           f"value+grad in torch = forward + autograd backward")
     print(_table(["loss", "mode", "backend", "median ms", "GB/s", "vs numpy", "vs torch",
                   "1st call ms"], rows))
-    _bench_multiclass(args, dtype, backends, modes, others)
+    for family, cases in families.items():
+        _bench_cases(args, family, [c for c in cases.values() if c.name in chosen], dtype,
+                     backends, modes)
     if others.share is not None and others.share > 0.25:
         print(f"warning: other processes used {others.share:.0%} of the CPUs meanwhile; "
               f"parallel code waits for descheduled threads, so these figures understate it")
@@ -419,13 +423,27 @@ def multiclass_shape(case: MulticlassCase, n: int) -> tuple[int, ...]:
     return (1, classes, side, side)
 
 
-def _bench_multiclass(args, dtype, backends, modes, others):
-    """The multi-class cases at about ``args.n`` logits, on the same backends
-    (the NumPy reference included, at this size)."""
-    if not args.multiclass:
+_FAMILY_TITLES = {
+    "multiclass": "multi-class losses, {dtype}, mean reduction (torch: the usual "
+                  "implementation, int64 labels):",
+    "overlap": "overlap (Dice-family) losses, {dtype} logits, uint8 labels, softmax inside, "
+               "mean reduction (torch: MONAI's loss module, to_onehot_y=True):",
+}
+
+
+def _bench_cases(args, family, cases, dtype, backends, modes):
+    """The multi-class or overlap cases at about ``args.n`` logits, on the same
+    backends (the NumPy reference included, at this size); the torch column of
+    the overlap losses is MONAI's, when it imports."""
+    if not cases:
         return
+    if family == "overlap" and "torch" in backends:
+        try:
+            import monai  # noqa: F401
+        except ImportError:
+            backends = [b for b in backends if b != "torch"]
     rows = []
-    for case in args.multiclass:
+    for case in cases:
         shape = multiclass_shape(case, args.n)
         x, y = make_multiclass_inputs(case, shape, dtype, seed=0)
         times = {}
@@ -440,8 +458,7 @@ def _bench_multiclass(args, dtype, backends, modes, others):
                 rows.append([case.label, "x".join(map(str, shape)), MODES[grad], backend,
                              f"{t * 1e3:.3f}", _ratio(times.get(("numpy", grad)), t),
                              _ratio(times.get(("torch", grad)), t)])
-    print(f"\nmulti-class losses, {dtype.name}, mean reduction (torch: the usual "
-          f"implementation, int64 labels):")
+    print("\n" + _FAMILY_TITLES[family].format(dtype=dtype.name))
     print(_table(["case", "shape", "mode", "backend", "median ms", "vs numpy", "vs torch"], rows))
 
 

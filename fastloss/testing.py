@@ -7,6 +7,7 @@ PyTorch cross-checks and the speed comparisons all read the same table.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -14,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["Case", "CASES", "make_inputs", "MulticlassCase", "MULTICLASS_CASES",
-           "make_multiclass_inputs"]
+           "make_multiclass_inputs", "OVERLAP_CASES"]
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,31 @@ MULTICLASS_CASES: dict[str, MulticlassCase] = {c.label: c for c in [
                    torch_fn=_t_multi_margin),
     MulticlassCase("multiclass_hinge_loss", "multiclass_hinge_loss", (65536, 100), (256, 100),
                    torch_fn=_t_crammer_singer),
+]}
+
+
+# ---- overlap (Dice-family) losses: the same case record, compared with MONAI ----------
+
+def _t_monai(name, x, y, activation=None, **params):
+    """MONAI's loss module for ``name`` with index targets, as its users write it:
+    the activation by flag and ``to_onehot_y=True`` on (N, 1, *spatial) labels."""
+    import monai.losses as ml
+    module = {"dice_loss": ml.DiceLoss, "tversky_loss": ml.TverskyLoss,
+              "generalized_dice_loss": ml.GeneralizedDiceLoss}[name]
+    return module(softmax=activation == "softmax", sigmoid=activation == "sigmoid",
+                  to_onehot_y=True, **params)(x, y[:, None])
+
+
+OVERLAP_CASES: dict[str, MulticlassCase] = {c.label: c for c in [
+    MulticlassCase("dice_loss[3d]", "dice_loss", (2, 4, 128, 128, 128), (2, 4, 8, 8, 8),
+                   {"activation": "softmax"}, label_dtype=np.uint8,
+                   torch_fn=functools.partial(_t_monai, "dice_loss")),
+    MulticlassCase("tversky_loss[3d]", "tversky_loss", (2, 4, 128, 128, 128), (2, 4, 8, 8, 8),
+                   {"activation": "softmax", "alpha": 0.3, "beta": 0.7}, label_dtype=np.uint8,
+                   torch_fn=functools.partial(_t_monai, "tversky_loss")),
+    MulticlassCase("generalized_dice_loss[2d]", "generalized_dice_loss", (8, 4, 256, 256),
+                   (2, 4, 16, 16), {"activation": "softmax"}, label_dtype=np.uint8,
+                   torch_fn=functools.partial(_t_monai, "generalized_dice_loss")),
 ]}
 
 
