@@ -27,6 +27,9 @@
 #include "fastloss.h"
 #include "common.h"
 #include "vmath.h"
+#if FL_X86
+#include <immintrin.h>
+#endif
 
 #define OV_NAME_(name, sfx, isa) ov_##name##_##sfx##_##isa
 #define OV_NAME(name, sfx, isa) OV_NAME_(name, sfx, isa)

@@ -69,31 +69,30 @@ typedef double OV(vd) __attribute__((vector_size(FL_VBYTES)));
 typedef OV_MASK_INT OV(vm) __attribute__((vector_size(FL_VBYTES)));
 typedef int32_t OV(vi) __attribute__((vector_size(OV_W * 4)));
 
-/* acc[0 .. OV_DREGS) += v in float64 (float32: its two halves, taken by
- * shuffles, which compile to one extract instead of a trip through memory) */
-#if OV_F32 && FL_VBYTES == 64
-#define OV_LO(v) __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
-#define OV_HI(v) __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)
-#elif OV_F32 && FL_VBYTES == 32
-#define OV_LO(v) __builtin_shufflevector(v, v, 0, 1, 2, 3)
-#define OV_HI(v) __builtin_shufflevector(v, v, 4, 5, 6, 7)
-#elif OV_F32
-#define OV_LO(v) __builtin_shufflevector(v, v, 0, 1)
-#define OV_HI(v) __builtin_shufflevector(v, v, 2, 3)
-#endif
+/* acc[0 .. OV_DREGS) += v in float64.  float32 on x86 by intrinsics: GCC
+ * lowers a convertvector of a vector's half to 128-bit pieces (seven
+ * instructions where vcvtps2pd does it in one or two). */
 FL_ATTR FL_INLINE void OV(add_f64)(OV(vd) *acc, OV(vt) v)
 {
-#if OV_F32
-    acc[0] += __builtin_convertvector(OV_LO(v), OV(vd));
-    acc[1] += __builtin_convertvector(OV_HI(v), OV(vd));
+#if OV_F32 && FL_X86 && FL_VBYTES == 64
+    const __m512 w = (__m512)v;
+    acc[0] += (OV(vd))_mm512_cvtps_pd(_mm512_castps512_ps256(w));
+    acc[1] += (OV(vd))_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w), 1)));
+#elif OV_F32 && FL_X86 && FL_VBYTES == 32
+    const __m256 w = (__m256)v;
+    acc[0] += (OV(vd))_mm256_cvtps_pd(_mm256_castps256_ps128(w));
+    acc[1] += (OV(vd))_mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+#elif OV_F32
+    for (int h = 0; h < 2; h++) {
+        T part[OV_DW];
+        memcpy(part, (const T *)&v + h * OV_DW, sizeof part);
+        for (int l = 0; l < OV_DW; l++)
+            acc[h][l] += (double)part[l];
+    }
 #else
     acc[0] += v;
 #endif
 }
-#ifdef OV_LO
-#undef OV_LO
-#undef OV_HI
-#endif
 
 FL_ATTR FL_INLINE double OV(hsum)(const OV(vd) *acc)
 {

@@ -287,7 +287,8 @@ _ENTRIES = ('``"none"`` returns the (N, C\') entries, C\' the scored classes, or
 
 _WEIGHTING = """
     weight : float or sequence of C' floats ≥ 0, optional
-        Multiplies each class's entry (C' = the scored classes), as MONAI's.
+        Multiplies each class's entry (C' = the scored classes), as MONAI's;
+        also when a single class is scored, where MONAI drops the weight.
     ignore_empty : bool
         Leave out of the reduction the entries whose target sum T is 0 (the
         class is absent from that sample's target, or the batch's with
