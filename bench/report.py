@@ -51,6 +51,12 @@ FAMILIES = {
              "value+grad = forward + `torch.autograd.grad`.",
         targets=(("dice_loss[3d]", 10.0, 1e6),),
         bandwidth=(("dice_loss[3d]", 0.60),)),
+    "boxes": dict(        # issue 4
+        title="Box IoU losses", baseline="torch",
+        note="1e6 float32 boxes, mean reduction; torch = torchvision's formulas written in "
+             "torch ops, value+grad = forward + `torch.autograd.grad`.",
+        targets=tuple((loss, 5.0, None) for loss in (
+            "generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss"))),
 }
 
 
@@ -241,7 +247,8 @@ def family_lines(run: Run, family: str, primary: str) -> list[str]:
                 e = entries[case, b, mode]
                 r = base["median"] / e["median"] if base else None
                 warn = " ⚠" if (e.get("others_cpu") or 0) > BUSY else ""
-                lines.append(f"| {case} | {tuple(e['shape'])} | {mode} | {b} | "
+                shape = tuple(e["shape"]) if "shape" in e else (e["n"], 4)
+                lines.append(f"| {case} | {shape} | {mode} | {b} | "
                              f"{fmt_time(e['median'])}{warn} | {fmt_x(r)} | "
                              f"{fmt_bytes(e.get('peak_extra_bytes'))} |")
     return lines

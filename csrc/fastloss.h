@@ -124,6 +124,38 @@ int fl_overlap_stats(int dtype, fl_overlap_args *args);
 /* Needs the p stored by fl_overlap_stats in args->grad. */
 int fl_overlap_grad(int dtype, fl_overlap_args *args);
 
+/* ---- boxes ----
+ * Box regression losses (torchvision's generalized / distance / complete IoU
+ * losses, csrc/boxes.c): n pairs of boxes (x1, y1, x2, y2), each array 4n
+ * values of the dtype, interleaved and contiguous; boxes2 are the targets.
+ * Per box i: l_i (formulas in boxes_math.h), and d l_i / d boxes1_i. */
+typedef struct {
+    const void *boxes1;     /* 4n values */
+    const void *boxes2;     /* 4n values, the targets (no gradient) */
+    int64_t n;              /* boxes */
+    double eps;             /* in iou = I / (U + eps) and the enclosing-box terms */
+    double eps_alpha;       /* ciou only: alpha = v / (1 - iou + v + eps_alpha) */
+    void *out;              /* if not NULL: the n values l_i (in the dtype) */
+    void *grad;             /* if not NULL: 4n values grad_scale * d l_i / d boxes1_i */
+    double grad_scale;
+    int want_total;         /* if not 0: total = sum of the l_i in float64, deterministic */
+    int check;              /* if not 0: look for degenerate boxes in the same pass */
+    double total;           /* result */
+    int64_t bad1, bad2;     /* results with check: the first box i of boxes1 / boxes2 with
+                               x2 < x1 or y2 < y1 (NaN is not), or -1; then the caller
+                               discards out, grad and total */
+} fl_box_args;
+
+int fl_box_count(void);
+const char *fl_box_name(int loss);   /* "giou", "diou", "ciou" */
+/* dtype: 0 float32, 1 float64.  Returns 0, -1 bad loss/dtype, -2 out of memory. */
+int fl_boxes(int loss, int dtype, fl_box_args *args);
+/* The first box i < n with x2 < x1 or y2 < y1 (NaN is not), or -1 if none;
+ * -2 bad dtype, -3 out of memory. */
+int64_t fl_boxes_first_degenerate(int dtype, const void *boxes, int64_t n);
+/* y[i] = atan(x[i]) as the kernels compute it, on the current ISA path (tests). */
+int fl_boxes_atan(int dtype, const void *x, void *y, int64_t n);
+
 /* FL_CDEF_END */
 
 #endif

@@ -18,6 +18,7 @@ from .losses.elementwise import (binary_cross_entropy, binary_cross_entropy_with
                                  quantile_loss, sigmoid_focal_loss, smooth_l1_loss)
 from .losses.multiclass import (cross_entropy, multi_margin_loss, multiclass_hinge_loss, nll_loss,
                                 softmax_focal_loss)
+from .losses.boxes import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 from .losses.overlap import dice_loss, generalized_dice_loss, jaccard_loss, tversky_loss
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
     "multiclass_hinge_loss",
     "dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
+    "generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss",
     "backends", "use_backend", "BackendInfo", "BackendUnavailable",
     "set_num_threads", "get_num_threads", "isa", "set_isa", "reference", "__version__",
 ]

@@ -632,3 +632,139 @@ def generalized_dice_loss(input, target, *, w_type="square", activation=None,
     if not return_grad:
         return value
     return value, _overlap_grad(x, p, t, m, off, 1, dI, dP, activation)
+
+
+# ---- boxes ----
+# torchvision's box regression losses (ops/giou_loss.py, diou_loss.py,
+# ciou_loss.py) on boxes (..., 4) = (x1, y1, x2, y2), and their gradients with
+# respect to boxes1, derived here in *forward* mode: every intermediate carries
+# its derivative with respect to the four coordinates of its box as a (..., 4)
+# array (the kernels run reverse mode through the same graph).  torch's rules:
+# d max(a, b)/da = 1 where a > b, 1/2 at a tie, 0 where a < b (min alike, and
+# 1 when either is NaN), and no derivative through the zero branch of the
+# intersection.  "mean" of no boxes is 0, as torchvision (not nan).
+
+__all__ += ["generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss"]
+
+_BOX_E = np.eye(4)                   # d(coordinate k of boxes1)/d(boxes1)
+_BOX_CIOU_DIOU_EPS = 1e-7            # torchvision's CIoU calls _diou_iou_loss without eps
+
+
+def _box_tie(a, b, larger):
+    """d max(a, b)/da (``larger``) or d min(a, b)/da, torch's tie rule."""
+    loses = (a < b) if larger else (a > b)
+    return np.where(loses, 0.0, np.where(a == b, 0.5, 1.0))
+
+
+def _box_iou_parts(b1, b2, eps):
+    """(I, U, iou, cw, ch) and their derivatives, plus the widths and heights."""
+    E = _BOX_E
+    x1, y1, x2, y2 = np.moveaxis(b1, -1, 0)
+    X1, Y1, X2, Y2 = np.moveaxis(b2, -1, 0)
+    with np.errstate(all="ignore"):
+        w, h = x2 - x1, y2 - y1
+        dw, dh = E[2] - E[0], E[3] - E[1]
+        ix1, iy1 = np.maximum(x1, X1), np.maximum(y1, Y1)
+        ix2, iy2 = np.minimum(x2, X2), np.minimum(y2, Y2)
+        diw = (_box_tie(x2, X2, False)[..., None] * E[2]
+               - _box_tie(x1, X1, True)[..., None] * E[0])
+        dih = (_box_tie(y2, Y2, False)[..., None] * E[3]
+               - _box_tie(y1, Y1, True)[..., None] * E[1])
+        iw, ih = ix2 - ix1, iy2 - iy1
+        inside = (iy2 > iy1) & (ix2 > ix1)
+        inter = np.where(inside, iw * ih, 0.0)
+        dinter = np.where(inside[..., None], ih[..., None] * diw + iw[..., None] * dih, 0.0)
+        union = (w * h + (X2 - X1) * (Y2 - Y1)) - inter
+        dunion = h[..., None] * dw + w[..., None] * dh - dinter
+        ue = union + eps
+        iou = inter / ue
+        diou = dinter / ue[..., None] - (inter / (ue * ue))[..., None] * dunion
+        cw = np.maximum(x2, X2) - np.minimum(x1, X1)
+        ch = np.maximum(y2, Y2) - np.minimum(y1, Y1)
+        dcw = (_box_tie(x2, X2, True)[..., None] * E[2]
+               - _box_tie(x1, X1, False)[..., None] * E[0])
+        dch = (_box_tie(y2, Y2, True)[..., None] * E[3]
+               - _box_tie(y1, Y1, False)[..., None] * E[1])
+    return dict(union=union, dunion=dunion, iou=iou, diou=diou, cw=cw, dcw=dcw, ch=ch, dch=dch,
+                w=w, h=h, dw=dw, dh=dh, W=X2 - X1, H=Y2 - Y1)
+
+
+def _box_diou_terms(b1, b2, eps, p):
+    """DIoU loss 1 - iou + d2 / D2 and its derivative."""
+    E = _BOX_E
+    x1, y1, x2, y2 = np.moveaxis(b1, -1, 0)
+    X1, Y1, X2, Y2 = np.moveaxis(b2, -1, 0)
+    cw, ch, dcw, dch = p["cw"], p["ch"], p["dcw"], p["dch"]
+    with np.errstate(all="ignore"):
+        D2 = cw ** 2 + ch ** 2 + eps
+        dD2 = 2 * cw[..., None] * dcw + 2 * ch[..., None] * dch
+        dx = (x1 + x2) / 2 - (X1 + X2) / 2
+        dy = (y1 + y2) / 2 - (Y1 + Y2) / 2
+        d2 = dx ** 2 + dy ** 2
+        dd2 = dx[..., None] * (E[0] + E[2]) + dy[..., None] * (E[1] + E[3])
+        value = 1 - p["iou"] + d2 / D2
+        grad = -p["diou"] + dd2 / D2[..., None] - (d2 / (D2 * D2))[..., None] * dD2
+    return value, grad
+
+
+def _box_reduce(values, grad, reduction, return_grad):
+    n = values.size
+    if reduction == "none":
+        out = values
+    elif reduction == "sum":
+        out = np.float64(values.sum())
+    else:  # mean; torchvision: 0 for no boxes
+        out = np.float64(values.sum()) / n if n else np.float64(0.0)
+        grad = grad / n if n else grad
+    return (out, grad) if return_grad else out
+
+
+def _boxes_in(boxes1, boxes2):
+    b1 = np.asarray(boxes1, dtype=np.float64)
+    b2 = np.broadcast_to(np.asarray(boxes2, dtype=np.float64), b1.shape)
+    return b1, b2
+
+
+def generalized_box_iou_loss(boxes1, boxes2, *, reduction="mean", eps=1e-7, return_grad=False):
+    """torchvision.ops.generalized_box_iou_loss: 1 - (iou - (C - U) / (C + eps)), with
+    iou = I / (U + eps) and C the area of the smallest enclosing box."""
+    b1, b2 = _boxes_in(boxes1, boxes2)
+    p = _box_iou_parts(b1, b2, eps)
+    cw, ch = p["cw"], p["ch"]
+    with np.errstate(all="ignore"):
+        C = cw * ch
+        dC = ch[..., None] * p["dcw"] + cw[..., None] * p["dch"]
+        Ce = C + eps
+        value = 1 - (p["iou"] - (C - p["union"]) / Ce)
+        grad = (-p["diou"] + (dC - p["dunion"]) / Ce[..., None]
+                - ((C - p["union"]) / (Ce * Ce))[..., None] * dC)
+    return _box_reduce(value, grad, reduction, return_grad)
+
+
+def distance_box_iou_loss(boxes1, boxes2, *, reduction="mean", eps=1e-7, return_grad=False):
+    """torchvision.ops.distance_box_iou_loss: 1 - iou + d2 / (diag^2 + eps), d2 the
+    squared distance of the centres, diag that of the enclosing box."""
+    b1, b2 = _boxes_in(boxes1, boxes2)
+    value, grad = _box_diou_terms(b1, b2, eps, _box_iou_parts(b1, b2, eps))
+    return _box_reduce(value, grad, reduction, return_grad)
+
+
+def complete_box_iou_loss(boxes1, boxes2, *, reduction="mean", eps=1e-7, return_grad=False):
+    """torchvision.ops.complete_box_iou_loss: DIoU + alpha v, v = 4/pi^2 (atan(W/H) -
+    atan(w/h))^2, alpha = v / (1 - iou + v + eps) held constant for the gradient.  As
+    torchvision, the DIoU part and its iou use eps = 1e-7 whatever ``eps`` is."""
+    b1, b2 = _boxes_in(boxes1, boxes2)
+    p = _box_iou_parts(b1, b2, _BOX_CIOU_DIOU_EPS)
+    value, grad = _box_diou_terms(b1, b2, _BOX_CIOU_DIOU_EPS, p)
+    w, h = p["w"], p["h"]
+    with np.errstate(all="ignore"):
+        r = w / h
+        dr = p["dw"] / h[..., None] - (w / (h * h))[..., None] * p["dh"]
+        diff = np.arctan(p["W"] / p["H"]) - np.arctan(r)
+        c = 4 / np.pi ** 2
+        v = c * diff ** 2
+        dv = (-2 * c * diff / (1 + r * r))[..., None] * dr
+        alpha = v / (1 - p["iou"] + v + eps)
+        value = value + alpha * v
+        grad = grad + alpha[..., None] * dv
+    return _box_reduce(value, grad, reduction, return_grad)

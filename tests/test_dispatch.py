@@ -108,3 +108,26 @@ def test_completeness_every_loss_has_every_backend():
     from fastloss import reference
     assert all(hasattr(reference, name) for name in ELEMENTWISE_LOSSES)   # numpy
     assert all(hasattr(fl, name) for name in ELEMENTWISE_LOSSES)
+
+
+def test_completeness_every_family():
+    """Every public loss is exported, has its reference, and its loop shape exists in
+    every kernel backend (the C tables list its kernels)."""
+    import importlib
+
+    from fastloss import reference
+    from fastloss.losses.boxes import BOX_LOSSES
+    from fastloss.losses.multiclass import MULTICLASS_LOSSES
+    from fastloss.losses.overlap import OVERLAP_LOSSES
+    families = {"rowwise": list(MULTICLASS_LOSSES), "overlap": list(OVERLAP_LOSSES),
+                "boxes": list(BOX_LOSSES)}
+    for entry, names in families.items():
+        for name in names:
+            assert name in fl.__all__ and hasattr(fl, name) and hasattr(reference, name), name
+        for module in ("numba_cpu", "numba_cuda", "native"):
+            assert callable(getattr(importlib.import_module(f"fastloss.kernels.{module}"),
+                                    entry)), (module, entry)
+    if available("c"):
+        from fastloss.kernels import native
+        assert {k for ks in MULTICLASS_LOSSES.values() for k in ks} == set(native._ROW_IDS)
+        assert set(BOX_LOSSES.values()) == set(native._BOX_IDS)

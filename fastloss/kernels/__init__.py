@@ -148,3 +148,47 @@ class OverlapCall:
     ignore_index: int         # labels only; -2**63: none
     label_base: int           # 0, or 1 when C == 1
     want_grad: bool
+
+
+#: box regression kernel names (see BoxCall), in the C table's order
+BOX_KERNELS = ("giou", "diou", "ciou")
+
+
+@dataclass(slots=True)
+class BoxCall:
+    """One box-loss kernel call, already validated and laid out.
+
+    ``boxes1`` and ``boxes2`` are flat, contiguous arrays of ``4 * n`` values
+    of one float dtype on one device: n boxes (x1, y1, x2, y2), interleaved;
+    ``boxes2`` are the targets (no gradient).  The per-box value l_i and its
+    gradient are written out in csrc/boxes_math.h and kernels/_boxmath.py;
+    every backend computes the same formulas.  ``eps`` enters iou and the
+    enclosing-box terms, ``eps_alpha`` only CIoU's alpha (torchvision's CIoU
+    uses 1e-7 for its DIoU part and the eps argument for alpha).
+
+    Each backend module has ``boxes(call) -> (value, out, grad)``: value =
+    ``total_scale * sum_i l_i`` (float64, deterministic; a 0-d device array on
+    the GPU), ``out`` the n values l_i in the dtype when ``want_out`` (else
+    None), ``grad`` the 4n values ``grad_scale * d l_i / d boxes1_i``,
+    interleaved like the boxes, when ``want_grad`` (else None).
+
+    With ``check``, the backend also finds the first degenerate box (x2 < x1
+    or y2 < y1; NaN is not) of each argument, in the same pass where it can,
+    and stores its index in ``bad1`` / ``bad2`` (-1: none).  If either is
+    found the caller raises and discards the results (which may then be
+    anything, or None).
+    """
+
+    loss: str                 # one of BOX_KERNELS
+    boxes1: Any
+    boxes2: Any
+    n: int                    # boxes
+    eps: float
+    eps_alpha: float
+    want_out: bool
+    want_grad: bool
+    grad_scale: float
+    total_scale: float
+    check: bool = False
+    bad1: int = -1            # results of the check
+    bad2: int = -1

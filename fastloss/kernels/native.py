@@ -210,3 +210,56 @@ def math(fn: str, x) -> np.ndarray:
     lib.fl_math(fns.index(fn), _DTYPE_IDS[x.dtype], ffi.from_buffer(x), ffi.from_buffer(y),
                 x.size)
     return y
+
+
+# ---- boxes ----
+# Box regression losses (csrc/boxes.c): kernels.BoxCall.
+if _native is not None:
+    _BOX_IDS = {ffi.string(lib.fl_box_name(i)).decode(): i for i in range(lib.fl_box_count())}
+
+
+def boxes(call):
+    b1, b2 = call.boxes1, call.boxes2
+    dtype = b1.dtype
+    n = call.n
+    args = ffi.new("fl_box_args *")
+    # the cdata buffers must outlive the call: keep them in locals
+    b1b, b2b = ffi.from_buffer(b1), ffi.from_buffer(b2)
+    args.boxes1, args.boxes2, args.n = b1b, b2b, n
+    args.eps, args.eps_alpha = call.eps, call.eps_alpha
+    ob = gb = out = grad = None
+    if call.want_out:
+        out = np.empty(n, dtype)
+        args.out = ob = ffi.from_buffer(out)
+    else:
+        args.want_total = 1
+    if call.want_grad:
+        grad = np.empty(4 * n, dtype)
+        args.grad = gb = ffi.from_buffer(grad)
+    args.grad_scale = call.grad_scale
+    args.check = int(call.check)      # found while the kernel deinterleaves the boxes
+    rc = lib.fl_boxes(_BOX_IDS[call.loss], _DTYPE_IDS[dtype], args)
+    del b1b, b2b, ob, gb
+    if rc == -2:
+        raise MemoryError("fastloss C kernel: out of memory")
+    if rc != 0:
+        raise RuntimeError(f"fastloss C kernel {call.loss!r} failed with code {rc}")
+    call.bad1, call.bad2 = int(args.bad1), int(args.bad2)
+    return args.total * call.total_scale, out, grad
+
+
+def first_degenerate_box(flat) -> int:
+    """The first box of a flat contiguous (4n,) float array with x2 < x1 or y2 < y1, or -1."""
+    found = int(lib.fl_boxes_first_degenerate(_DTYPE_IDS[flat.dtype], ffi.from_buffer(flat),
+                                              flat.size // 4))
+    if found < -1:
+        raise MemoryError("fastloss C scan: out of memory")
+    return found
+
+
+def box_atan(x) -> np.ndarray:
+    """The box kernels' vector arctangent on an array (for the accuracy tests)."""
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    lib.fl_boxes_atan(_DTYPE_IDS[x.dtype], ffi.from_buffer(x), ffi.from_buffer(y), x.size)
+    return y

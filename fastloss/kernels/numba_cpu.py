@@ -1256,3 +1256,109 @@ def overlap(call, finish):
     if units:
         kernel(np.int64(1), *args, partials, stats.reshape(-1), coef, grad)
     return stats, grad
+
+
+# ---- boxes ----
+# Box regression losses: ``boxes(call)`` (kernels.BoxCall).  The per-box math
+# (value and gradient) comes from ._boxmath, the source the CUDA kernels
+# compile too.  One loop: prange over blocks of BOX_BLOCK boxes; per block the
+# boxes in order, the values added into LANES float64 lanes by their index in
+# the block and the lanes folded in a fixed order; the block sums are added
+# by NumPy in block order.  So the total depends on n only, not on the threads.
+# With call.check, each block also notes its first degenerate box of each
+# argument, in the same loop.
+# One kernel for the three losses (per dtype, parallel or not): the loss, storing
+# values and gradients are run-time arguments, so that few things compile.
+BOX_BLOCK = 4096   # boxes per block: the unit of work and of summation
+_BOX_KINDS = {"giou": 0, "diou": 1, "ciou": 2}
+
+
+def _box_math():
+    import numba
+
+    from . import _boxmath
+    return _built.get("box_math", lambda: _boxmath.compile_for(
+        numba.njit(error_model="numpy")))
+
+
+def _build_box_kernel(parallel: bool):
+    import numba
+
+    math = _box_math()
+    giou, diou, ciou = math["giou"], math["diou"], math["ciou"]
+
+    @numba.njit(nogil=True, error_model="numpy")
+    def block(kind, b1, b2, eps, eps_alpha, out, grad, want_out, want_grad, gs, check, start,
+              stop):
+        acc = np.zeros(LANES, np.float64)
+        bad1 = bad2 = -1
+        for i in range(start, stop):
+            j = 4 * i
+            x1, y1 = np.float64(b1[j]), np.float64(b1[j + 1])
+            x2, y2 = np.float64(b1[j + 2]), np.float64(b1[j + 3])
+            X1, Y1 = np.float64(b2[j]), np.float64(b2[j + 1])
+            X2, Y2 = np.float64(b2[j + 2]), np.float64(b2[j + 3])
+            if check:
+                if bad1 < 0 and (x2 < x1 or y2 < y1):
+                    bad1 = i
+                if bad2 < 0 and (X2 < X1 or Y2 < Y1):
+                    bad2 = i
+            if kind == 0:
+                value, g1, g2, g3, g4 = giou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+            elif kind == 1:
+                value, g1, g2, g3, g4 = diou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+            else:
+                value, g1, g2, g3, g4 = ciou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+            if want_out:
+                out[i] = value
+            if want_grad:
+                grad[j] = gs * g1
+                grad[j + 1] = gs * g2
+                grad[j + 2] = gs * g3
+                grad[j + 3] = gs * g4
+            acc[(i - start) % LANES] += value
+        w = LANES // 2
+        while w >= 1:
+            for k in range(w):
+                acc[k] += acc[k + w]
+            w //= 2
+        return acc[0], bad1, bad2
+
+    @numba.njit(parallel=parallel, nogil=True)
+    def kernel(kind, b1, b2, n, eps, eps_alpha, out, grad, want_out, want_grad, gs, check,
+               partials, bad):
+        for b in numba.prange(partials.size):
+            start = b * BOX_BLOCK
+            total, bad1, bad2 = block(kind, b1, b2, eps, eps_alpha, out, grad, want_out,
+                                      want_grad, gs, check, start, min(start + BOX_BLOCK, n))
+            partials[b] = total
+            bad[2 * b] = bad1
+            bad[2 * b + 1] = bad2
+    return kernel
+
+
+def boxes(call):
+    b1, b2 = call.boxes1, call.boxes2
+    dtype = b1.dtype
+    n = call.n
+    dummy = np.zeros(1, dtype)
+    out = np.empty(n, dtype) if call.want_out else dummy
+    grad = np.empty(4 * n, dtype) if call.want_grad else dummy
+    partials = np.zeros((n + BOX_BLOCK - 1) // BOX_BLOCK, np.float64)
+    bad = np.full(2 * partials.size, -1, np.int64)
+    if n:
+        global _threads_started
+        parallel = not _forked_child
+        kernel = _built.get(("boxes", parallel), lambda: _build_box_kernel(parallel))
+        if parallel:
+            _apply_thread_count()
+            _threads_started = True
+        kernel(np.int64(_BOX_KINDS[call.loss]), b1, b2, np.int64(n), float(call.eps), float(call.eps_alpha), out, grad,
+               bool(call.want_out), bool(call.want_grad), float(call.grad_scale),
+               bool(call.check), partials, bad)
+    for k, field in ((0, "bad1"), (1, "bad2")):      # the first block that has one wins
+        hits = bad[k::2][bad[k::2] >= 0]
+        setattr(call, field, int(hits[0]) if hits.size else -1)
+    total = float(partials.sum())
+    return (total * call.total_scale, out if call.want_out else None,
+            grad if call.want_grad else None)

@@ -875,3 +875,119 @@ def overlap(call, finish):
     if n * S and C:
         grad_kernel[_blocks(n * S), threads](*args, cuda.to_device(coef.reshape(-1)), grad)
     return stats, grad
+
+
+# ---- boxes ----
+# Box regression losses: ``boxes(call)`` (kernels.BoxCall).  The per-box math
+# comes from ._boxmath, the same source as the CPU kernels.  Grid-stride loop
+# over boxes, one thread a box; each block reduces its threads' float64 sums
+# in a fixed tree (the order of _block_sum) and writes one partial;
+# finish_sum adds the partials in a fixed order.  No float atomics: the total
+# depends only on n and the geometry (fixed by n).  One kernel for the three
+# losses (the loss is an argument).  The degenerate-box check rides along: each
+# thread notes the first bad box of each argument it meets, and the same tree
+# takes their minimum per block (the host takes the minimum over the blocks).
+_BOX_KINDS = {"giou": 0, "diou": 1, "ciou": 2}
+
+
+def _build_box_kernel():
+    from . import _boxmath
+
+    threads, _ = _geometry()
+    math = _boxmath.compile_for(cuda.jit(device=True))
+    giou, diou, ciou = math["giou"], math["diou"], math["ciou"]
+
+    @cuda.jit
+    def kernel(kind, b1, b2, n, eps, eps_alpha, out, grad, want_out, want_grad, gs, check,
+               partials, bad):
+        shared = cuda.shared.array(threads, float64)
+        first1 = cuda.shared.array(threads, int64)
+        first2 = cuda.shared.array(threads, int64)
+        tid = cuda.threadIdx.x
+        s = float64(0.0)
+        bad1 = n
+        bad2 = n
+        i = cuda.grid(1)
+        while i < n:
+            j = 4 * i
+            x1, y1 = float64(b1[j]), float64(b1[j + 1])
+            x2, y2 = float64(b1[j + 2]), float64(b1[j + 3])
+            X1, Y1 = float64(b2[j]), float64(b2[j + 1])
+            X2, Y2 = float64(b2[j + 2]), float64(b2[j + 3])
+            if check:     # a thread's boxes come in increasing order: the first is its least
+                if bad1 == n and (x2 < x1 or y2 < y1):
+                    bad1 = i
+                if bad2 == n and (X2 < X1 or Y2 < Y1):
+                    bad2 = i
+            if kind == 0:
+                value, g1, g2, g3, g4 = giou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+            elif kind == 1:
+                value, g1, g2, g3, g4 = diou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+            else:
+                value, g1, g2, g3, g4 = ciou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+            s += float64(value)
+            if want_out:
+                out[i] = value
+            if want_grad:
+                grad[j] = gs * g1
+                grad[j + 1] = gs * g2
+                grad[j + 2] = gs * g3
+                grad[j + 3] = gs * g4
+            i += cuda.gridsize(1)
+        shared[tid] = s
+        first1[tid] = bad1
+        first2[tid] = bad2
+        cuda.syncthreads()
+        step = threads // 2
+        while step > 0:
+            if tid < step:
+                shared[tid] += shared[tid + step]
+                if first1[tid + step] < first1[tid]:
+                    first1[tid] = first1[tid + step]
+                if first2[tid + step] < first2[tid]:
+                    first2[tid] = first2[tid + step]
+            cuda.syncthreads()
+            step //= 2
+        if tid == 0:
+            partials[cuda.blockIdx.x] = shared[0]
+            bad[2 * cuda.blockIdx.x] = first1[0]
+            bad[2 * cuda.blockIdx.x + 1] = first2[0]
+
+    return kernel
+
+
+def _flat_device(array):
+    array = _as_device(array)
+    return array.reshape(array.size)
+
+
+def boxes(call):
+    kernel = _built.get("boxes", _build_box_kernel)
+    finish_sum, _ = _shared_kernels()
+    b1, b2 = _flat_device(call.boxes1), _flat_device(call.boxes2)
+    n = call.n
+    dtype = np.dtype(b1.dtype)
+    dummy = cuda.device_array(1, dtype)
+    out = cuda.device_array(n, dtype) if call.want_out else dummy
+    grad = cuda.device_array(4 * n, dtype) if call.want_grad else dummy
+    blocks = _blocks(n)
+    threads, _ = _geometry()
+    partials = cuda.device_array(blocks, np.float64)
+    bad = cuda.device_array(2 * blocks, np.int64)
+    result = cuda.device_array(1, dtype)
+    kernel[blocks, threads](np.int64(_BOX_KINDS[call.loss]), b1, b2, np.int64(n),
+                            float(call.eps), float(call.eps_alpha), out, grad,
+                            bool(call.want_out), bool(call.want_grad), float(call.grad_scale),
+                            bool(call.check), partials, bad)
+    if call.check:
+        first = bad.copy_to_host().reshape(blocks, 2).min(axis=0)
+        call.bad1, call.bad2 = (int(f) if f < n else -1 for f in first)
+    finish_sum[1, threads](partials, float(call.total_scale), result)
+    return (result.reshape(()), out if call.want_out else None,
+            grad if call.want_grad else None)
+
+
+def box_values(array, index: int) -> np.ndarray:
+    """The four coordinates of box ``index`` of a device array of boxes, on the host
+    (for error messages)."""
+    return _flat_device(array)[4 * index:4 * index + 4].copy_to_host()
