@@ -28,6 +28,7 @@ import fastloss
 from fastloss import reference
 from fastloss._bench import OthersCPU
 from fastloss.losses import boxes as B
+from fastloss.testing import torchvision_box_loss
 
 from test_bench_elementwise import run_benchmark
 
@@ -61,53 +62,17 @@ def expected(name: str, n: int) -> float:
     return float(getattr(reference, name)(b1, b2))
 
 
-def torch_loss(name, b1, b2, eps=1e-7):
-    """torchvision's loss per box, in torch."""
-    import torch
-
-    x1, y1, x2, y2 = b1.unbind(dim=-1)
-    X1, Y1, X2, Y2 = b2.unbind(dim=-1)
-
-    def iou_union(eps):
-        ix1, iy1 = torch.max(x1, X1), torch.max(y1, Y1)
-        ix2, iy2 = torch.min(x2, X2), torch.min(y2, Y2)
-        inter = torch.zeros_like(x1)
-        mask = (iy2 > iy1) & (ix2 > ix1)
-        inter[mask] = (ix2[mask] - ix1[mask]) * (iy2[mask] - iy1[mask])
-        union = (x2 - x1) * (y2 - y1) + (X2 - X1) * (Y2 - Y1) - inter
-        return inter / (union + eps), union
-
-    xc1, yc1 = torch.min(x1, X1), torch.min(y1, Y1)
-    xc2, yc2 = torch.max(x2, X2), torch.max(y2, Y2)
-    if name == "generalized_box_iou_loss":
-        iou, union = iou_union(eps)
-        area_c = (xc2 - xc1) * (yc2 - yc1)
-        return 1 - (iou - ((area_c - union) / (area_c + eps)))
-    iou, _ = iou_union(1e-7 if name == "complete_box_iou_loss" else eps)
-    diag = ((xc2 - xc1) ** 2) + ((yc2 - yc1) ** 2) + (1e-7 if name == "complete_box_iou_loss"
-                                                      else eps)
-    dist = (((x2 + x1) / 2 - (X1 + X2) / 2) ** 2) + (((y2 + y1) / 2 - (Y1 + Y2) / 2) ** 2)
-    loss = 1 - iou + (dist / diag)
-    if name == "distance_box_iou_loss":
-        return loss
-    v = (4 / (torch.pi ** 2)) * torch.pow(torch.atan((X2 - X1) / (Y2 - Y1))
-                                          - torch.atan((x2 - x1) / (y2 - y1)), 2)
-    with torch.no_grad():
-        alpha = v / (1 - iou + v + eps)
-    return loss + alpha * v
-
-
 def make_call(name, backend, b1, b2, grad):
     if backend == "torch":
         import torch
 
         t1, t2 = torch.from_numpy(b1), torch.from_numpy(b2)
         if not grad:
-            return lambda: torch_loss(name, t1, t2).mean()
+            return lambda: torchvision_box_loss(name, t1, t2).mean()
         t1 = t1.detach().clone().requires_grad_(True)
 
         def value_and_grad():
-            loss = torch_loss(name, t1, t2).mean()
+            loss = torchvision_box_loss(name, t1, t2).mean()
             (g,) = torch.autograd.grad(loss, t1)
             return loss, g
 

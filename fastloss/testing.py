@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["Case", "CASES", "make_inputs", "MulticlassCase", "MULTICLASS_CASES",
-           "make_multiclass_inputs", "OVERLAP_CASES"]
+           "make_multiclass_inputs", "OVERLAP_CASES", "torchvision_box_loss"]
 
 
 @dataclass(frozen=True)
@@ -266,3 +266,46 @@ def make_multiclass_inputs(case: MulticlassCase | str, shape=None, dtype=np.floa
         x = x - np.log(np.exp(x.astype(np.float64)).sum(axis=1, keepdims=True)).astype(dtype)
     y = rng.integers(0, shape[1], size=(shape[0],) + shape[2:]).astype(case.label_dtype)
     return x, y
+
+
+# ---- box losses: torchvision's formulas ------------------------------------------------
+
+def torchvision_box_loss(name, b1, b2, eps=1e-7):
+    """torchvision's loss per box (ops/_utils.py ``_loss_inter_union``, giou_loss.py,
+    diou_loss.py, ciou_loss.py) written in torch ops, since torchvision does not import
+    beside torch 2.13 here; autograd of it gives the gradients fastloss must match."""
+    import torch
+
+    x1, y1, x2, y2 = b1.unbind(dim=-1)
+    X1, Y1, X2, Y2 = b2.unbind(dim=-1)
+
+    def iou_union(eps):
+        ix1, iy1 = torch.max(x1, X1), torch.max(y1, Y1)
+        ix2, iy2 = torch.min(x2, X2), torch.min(y2, Y2)
+        inter = torch.zeros_like(x1)
+        mask = (iy2 > iy1) & (ix2 > ix1)
+        inter[mask] = (ix2[mask] - ix1[mask]) * (iy2[mask] - iy1[mask])
+        union = (x2 - x1) * (y2 - y1) + (X2 - X1) * (Y2 - Y1) - inter
+        return inter / (union + eps), union
+
+    xc1, yc1 = torch.min(x1, X1), torch.min(y1, Y1)
+    xc2, yc2 = torch.max(x2, X2), torch.max(y2, Y2)
+    if name == "generalized_box_iou_loss":
+        iou, union = iou_union(eps)
+        area_c = (xc2 - xc1) * (yc2 - yc1)
+        return 1 - (iou - ((area_c - union) / (area_c + eps)))
+
+    def diou(eps):
+        iou, _ = iou_union(eps)
+        diag = ((xc2 - xc1) ** 2) + ((yc2 - yc1) ** 2) + eps
+        dist = (((x2 + x1) / 2 - (X1 + X2) / 2) ** 2) + (((y2 + y1) / 2 - (Y1 + Y2) / 2) ** 2)
+        return 1 - iou + (dist / diag), iou
+
+    if name == "distance_box_iou_loss":
+        return diou(eps)[0]
+    loss, iou = diou(1e-7)           # torchvision: _diou_iou_loss(boxes1, boxes2), no eps
+    v = (4 / (torch.pi ** 2)) * torch.pow(torch.atan((X2 - X1) / (Y2 - Y1))
+                                          - torch.atan((x2 - x1) / (y2 - y1)), 2)
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return loss + alpha * v

@@ -14,6 +14,7 @@ import pytest
 import fastloss as fl
 from fastloss import reference
 from fastloss.losses import boxes as B
+from fastloss.testing import torchvision_box_loss
 
 from conftest import KERNEL_BACKENDS, to_device, to_host, tol
 
@@ -76,50 +77,11 @@ def degenerate_pairs():
 
 
 # --------------------------------------------- torchvision's formulas in torch
-def tv_loss(name, b1, b2, eps=1e-7):
-    """torchvision's loss per box, in torch (autograd gives the expected gradients)."""
-    import torch
-
-    x1, y1, x2, y2 = b1.unbind(dim=-1)
-    X1, Y1, X2, Y2 = b2.unbind(dim=-1)
-
-    def iou_union(eps):
-        ix1, iy1 = torch.max(x1, X1), torch.max(y1, Y1)
-        ix2, iy2 = torch.min(x2, X2), torch.min(y2, Y2)
-        inter = torch.zeros_like(x1)
-        mask = (iy2 > iy1) & (ix2 > ix1)
-        inter[mask] = (ix2[mask] - ix1[mask]) * (iy2[mask] - iy1[mask])
-        union = (x2 - x1) * (y2 - y1) + (X2 - X1) * (Y2 - Y1) - inter
-        return inter / (union + eps), union
-
-    xc1, yc1 = torch.min(x1, X1), torch.min(y1, Y1)
-    xc2, yc2 = torch.max(x2, X2), torch.max(y2, Y2)
-    if name == "generalized_box_iou_loss":
-        iou, union = iou_union(eps)
-        area_c = (xc2 - xc1) * (yc2 - yc1)
-        return 1 - (iou - ((area_c - union) / (area_c + eps)))
-
-    def diou(eps):
-        iou, _ = iou_union(eps)
-        diag = ((xc2 - xc1) ** 2) + ((yc2 - yc1) ** 2) + eps
-        dist = (((x2 + x1) / 2 - (X1 + X2) / 2) ** 2) + (((y2 + y1) / 2 - (Y1 + Y2) / 2) ** 2)
-        return 1 - iou + (dist / diag), iou
-
-    if name == "distance_box_iou_loss":
-        return diou(eps)[0]
-    loss, iou = diou(1e-7)           # torchvision: _diou_iou_loss(boxes1, boxes2), no eps
-    v = (4 / (torch.pi ** 2)) * torch.pow(torch.atan((X2 - X1) / (Y2 - Y1))
-                                          - torch.atan((x2 - x1) / (y2 - y1)), 2)
-    with torch.no_grad():
-        alpha = v / (1 - iou + v + eps)
-    return loss + alpha * v
-
-
 def tv_value_and_grad(name, b1, b2, reduction, eps=1e-7):
     import torch
 
     t1 = torch.tensor(b1, dtype=torch.float64, requires_grad=True)
-    loss = tv_loss(name, t1, torch.tensor(b2, dtype=torch.float64), eps)
+    loss = torchvision_box_loss(name, t1, torch.tensor(b2, dtype=torch.float64), eps)
     if reduction == "mean":
         loss = loss.mean() if loss.numel() > 0 else 0.0 * loss.sum()   # torchvision's rule
     elif reduction == "sum":

@@ -52,6 +52,20 @@ NINF = -math.inf
 LANES = 8
 
 
+def check_call(call, dtype, size):
+    """(N, C, S, activation code) of a kernels.OverlapCall whose input has ``size``
+    elements of ``dtype``; both skeletons check a direct caller's call here."""
+    if dtype not in ("float32", "float64"):
+        raise TypeError(f"input: expected float32 or float64, got {dtype}")
+    n, C, S = int(call.n), int(call.classes), int(call.inner)
+    if size != n * C * S:
+        raise ValueError(f"input: expected n*classes*inner = {n * C * S} elements, got {size}")
+    if call.activation not in ACTIVATION_CODES:
+        raise ValueError(f"activation: expected one of {tuple(ACTIVATION_CODES)}, got "
+                         f"{call.activation!r}")
+    return n, C, S, ACTIVATION_CODES[call.activation]
+
+
 # --- scalar pieces ---------------------------------------------------------------------------
 def vmax(m, v):
     """max(m, v) that propagates nan (from either side)."""

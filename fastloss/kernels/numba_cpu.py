@@ -1221,16 +1221,8 @@ def overlap(call, finish):
     from . import _overlapmath as om
 
     x = np.ascontiguousarray(call.input).reshape(-1)
-    dtype = x.dtype
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"input: expected float32 or float64, got {dtype}")
-    n, C, S = int(call.n), int(call.classes), int(call.inner)
-    if x.size != n * C * S:
-        raise ValueError(f"input: expected n*classes*inner = {n * C * S} elements, got {x.size}")
-    if call.activation not in om.ACTIVATION_CODES:
-        raise ValueError(f"activation: expected one of {tuple(om.ACTIVATION_CODES)}, got "
-                         f"{call.activation!r}")
-    act = om.ACTIVATION_CODES[call.activation]
+    dtype = np.dtype(x.dtype)
+    n, C, S, act = om.check_call(call, dtype, x.size)
     t8, t32, t64, tf, tsrc, labels = _overlap_targets(call, dtype, n * S, n * C * S)
     units = n * ((S + OVERLAP_UNIT - 1) // OVERLAP_UNIT) if C > 0 else 0
     stats = np.zeros(n * C * 3, np.float64)
