@@ -26,9 +26,9 @@ import pytest
 
 import fastloss
 from fastloss import reference
-from fastloss._bench import OthersCPU
+from fastloss._bench import OthersCPU, make_box_call
 from fastloss.losses import boxes as B
-from fastloss.testing import torchvision_box_loss
+from fastloss.testing import make_boxes
 
 from test_bench_elementwise import run_benchmark
 
@@ -45,15 +45,8 @@ def n_boxes(smoke: bool) -> int:
 
 @functools.lru_cache(maxsize=2)
 def inputs(n: int):
-    """(boxes1, boxes2) float32 (n, 4): predictions scattered around their targets
-    (overlapping, nested and disjoint pairs), made once per session."""
-    rng = np.random.default_rng(0)
-    c = rng.uniform(0, 1000, (n, 2))
-    wh = rng.uniform(10, 300, (n, 2))
-    target = np.concatenate([c, c + wh], -1)
-    c1 = c + rng.normal(0, 40, (n, 2))
-    pred = np.concatenate([c1, c1 + wh * rng.uniform(0.5, 1.5, (n, 2))], -1)
-    return pred.astype(DTYPE), target.astype(DTYPE)
+    """(boxes1, boxes2) float32 (n, 4), made once per session."""
+    return make_boxes(n, DTYPE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,23 +54,6 @@ def expected(name: str, n: int) -> float:
     b1, b2 = inputs(n)
     return float(getattr(reference, name)(b1, b2))
 
-
-def make_call(name, backend, b1, b2, grad):
-    if backend == "torch":
-        import torch
-
-        t1, t2 = torch.from_numpy(b1), torch.from_numpy(b2)
-        if not grad:
-            return lambda: torchvision_box_loss(name, t1, t2).mean()
-        t1 = t1.detach().clone().requires_grad_(True)
-
-        def value_and_grad():
-            loss = torchvision_box_loss(name, t1, t2).mean()
-            (g,) = torch.autograd.grad(loss, t1)
-            return loss, g
-
-        return value_and_grad
-    return functools.partial(getattr(B, name), b1, b2, return_grad=grad, backend=backend)
 
 
 def _value(result, grad):
@@ -103,7 +79,7 @@ def test_boxes(benchmark, smoke, name, backend, grad):
                                 mode=mode, dtype=np.dtype(DTYPE).name,
                                 bytes_read=int(b1.nbytes + b2.nbytes))
     with OthersCPU() as others:
-        result = run_benchmark(benchmark, make_call(name, backend, b1, b2, grad))
+        result = run_benchmark(benchmark, make_box_call(name, backend, b1, b2, grad=grad))
     value = _value(result, grad)
     benchmark.extra_info.update(value=value, others_cpu=others.share)
     assert math.isclose(value, expected(name, n), rel_tol=1e-4), (value, expected(name, n))

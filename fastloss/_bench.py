@@ -28,12 +28,13 @@ from typing import Callable, Iterable
 import numpy as np
 
 import fastloss
-from fastloss.testing import (CASES, MULTICLASS_CASES, OVERLAP_CASES, Case, MulticlassCase,
-                              make_inputs, make_multiclass_inputs)
+from fastloss.testing import (BOX_LOSS_NAMES, CASES, MULTICLASS_CASES, OVERLAP_CASES, Case,
+                              MulticlassCase, make_boxes, make_inputs, make_multiclass_inputs,
+                              torchvision_box_loss)
 
 __all__ = ["median_time", "wall_timer", "quiet_openmp", "make_call", "bytes_read", "read_bandwidth",
            "cpu_backends", "torch_available", "gpu_name", "to_host", "OthersCPU", "main",
-           "make_multiclass_call", "peak_extra_memory"]
+           "make_multiclass_call", "make_box_call", "peak_extra_memory"]
 
 CPU_COMPILED = ("c", "numba")        # the compiled CPU backends, in order of preference
 BASELINES = ("numpy", "torch")       # what they are compared with
@@ -159,6 +160,26 @@ def make_multiclass_call(case: MulticlassCase | str, backend: str, x, y, *,
         return value_and_grad
     fn = getattr(fastloss, case.name)
     return functools.partial(fn, x, y, return_grad=grad, backend=backend, **params)
+
+
+def make_box_call(name: str, backend: str, b1, b2, *, grad: bool = False) -> Callable[[], object]:
+    """Like :func:`make_call`, for a box loss (mean reduction); ``torch`` runs
+    torchvision's formulas (``fastloss.testing.torchvision_box_loss``)."""
+    if backend == "torch":
+        import torch
+
+        t1, t2 = torch.from_numpy(b1), torch.from_numpy(b2)
+        if not grad:
+            return lambda: torchvision_box_loss(name, t1, t2).mean()
+        t1 = t1.detach().clone().requires_grad_(True)
+
+        def value_and_grad():
+            loss = torchvision_box_loss(name, t1, t2).mean()
+            (g,) = torch.autograd.grad(loss, t1)
+            return loss, g
+
+        return value_and_grad
+    return functools.partial(getattr(fastloss, name), b1, b2, return_grad=grad, backend=backend)
 
 
 def peak_extra_memory(fn: Callable[[], object], expected_bytes: int = 0):
@@ -349,7 +370,7 @@ def cmd_bench(args) -> int:
     dtype = np.dtype(args.dtype)
     families = {"multiclass": MULTICLASS_CASES, "overlap": OVERLAP_CASES}
     all_names = list(CASES) + sorted({c.name for cases in families.values()
-                                      for c in cases.values()})
+                                      for c in cases.values()}) + list(BOX_LOSS_NAMES)
     chosen = _split(args.losses, all_names, "loss") or all_names
     losses = [name for name in chosen if name in CASES]
     have_torch = torch_available()
@@ -407,6 +428,8 @@ def cmd_bench(args) -> int:
     for family, cases in families.items():
         _bench_cases(args, family, [c for c in cases.values() if c.name in chosen], dtype,
                      backends, modes)
+    _bench_boxes(args, [name for name in BOX_LOSS_NAMES if name in chosen], dtype, backends,
+                 modes)
     if others.share is not None and others.share > 0.25:
         print(f"warning: other processes used {others.share:.0%} of the CPUs meanwhile; "
               f"parallel code waits for descheduled threads, so these figures understate it")
@@ -460,6 +483,30 @@ def _bench_cases(args, family, cases, dtype, backends, modes):
                              _ratio(times.get(("torch", grad)), t)])
     print("\n" + _FAMILY_TITLES[family].format(dtype=dtype.name))
     print(_table(["case", "shape", "mode", "backend", "median ms", "vs numpy", "vs torch"], rows))
+
+
+def _bench_boxes(args, names, dtype, backends, modes):
+    """The box losses on n / 4 boxes (n coordinates), on the same backends."""
+    if not names:
+        return
+    b1, b2 = make_boxes(max(1, args.n // 4), dtype)
+    rows = []
+    for name in names:
+        times = {}
+        for backend in backends:
+            for grad in modes:
+                call = make_box_call(name, backend, b1, b2, grad=grad)
+                call()
+                times[backend, grad] = median_time(call, repeats=args.repeats, warmup=0)
+        for grad in modes:
+            for backend in backends:
+                t = times[backend, grad]
+                rows.append([name, str(len(b1)), MODES[grad], backend, f"{t * 1e3:.3f}",
+                             _ratio(times.get(("numpy", grad)), t),
+                             _ratio(times.get(("torch", grad)), t)])
+    print(f"\nbox losses, {dtype.name} (x1, y1, x2, y2), mean reduction (torch: torchvision's "
+          f"formulas in torch ops):")
+    print(_table(["loss", "boxes", "mode", "backend", "median ms", "vs numpy", "vs torch"], rows))
 
 
 # --------------------------------------------------------------------------- check

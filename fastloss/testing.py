@@ -15,7 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["Case", "CASES", "make_inputs", "MulticlassCase", "MULTICLASS_CASES",
-           "make_multiclass_inputs", "OVERLAP_CASES", "torchvision_box_loss"]
+           "make_multiclass_inputs", "OVERLAP_CASES", "torchvision_box_loss",
+           "BOX_LOSS_NAMES", "make_boxes"]
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,22 @@ def make_multiclass_inputs(case: MulticlassCase | str, shape=None, dtype=np.floa
     return x, y
 
 
-# ---- box losses: torchvision's formulas ------------------------------------------------
+# ---- box losses: inputs and torchvision's formulas ----------------------------------------
+
+BOX_LOSS_NAMES = ("generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss")
+
+
+def make_boxes(n: int, dtype=np.float32, seed: int = 0):
+    """(boxes1, boxes2) of shape (n, 4): predictions scattered around their
+    targets (overlapping, nested and disjoint pairs)."""
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 1000, (n, 2))
+    wh = rng.uniform(10, 300, (n, 2))
+    target = np.concatenate([c, c + wh], -1)
+    c1 = c + rng.normal(0, 40, (n, 2))
+    pred = np.concatenate([c1, c1 + wh * rng.uniform(0.5, 1.5, (n, 2))], -1)
+    return pred.astype(dtype), target.astype(dtype)
+
 
 def torchvision_box_loss(name, b1, b2, eps=1e-7):
     """torchvision's loss per box (ops/_utils.py ``_loss_inter_union``, giou_loss.py,
