@@ -446,6 +446,18 @@ def multiclass_shape(case: MulticlassCase, n: int) -> tuple[int, ...]:
     return (1, classes, side, side)
 
 
+def _time_backends(make, backends, modes, repeats):
+    """{(backend, grad): median seconds} of ``make(backend, grad)()``, after one
+    untimed call (it compiles, if it must)."""
+    times = {}
+    for backend in backends:
+        for grad in modes:
+            call = make(backend, grad)
+            call()
+            times[backend, grad] = median_time(call, repeats=repeats, warmup=0)
+    return times
+
+
 _FAMILY_TITLES = {
     "multiclass": "multi-class losses, {dtype}, mean reduction (torch: the usual "
                   "implementation, int64 labels):",
@@ -469,12 +481,9 @@ def _bench_cases(args, family, cases, dtype, backends, modes):
     for case in cases:
         shape = multiclass_shape(case, args.n)
         x, y = make_multiclass_inputs(case, shape, dtype, seed=0)
-        times = {}
-        for backend in backends:
-            for grad in modes:
-                call = make_multiclass_call(case, backend, x, y, grad=grad)
-                call()
-                times[backend, grad] = median_time(call, repeats=args.repeats, warmup=0)
+        times = _time_backends(lambda backend, grad: make_multiclass_call(case, backend, x, y,
+                                                                          grad=grad),
+                               backends, modes, args.repeats)
         for grad in modes:
             for backend in backends:
                 t = times[backend, grad]
@@ -492,12 +501,9 @@ def _bench_boxes(args, names, dtype, backends, modes):
     b1, b2 = make_boxes(max(1, args.n // 4), dtype)
     rows = []
     for name in names:
-        times = {}
-        for backend in backends:
-            for grad in modes:
-                call = make_box_call(name, backend, b1, b2, grad=grad)
-                call()
-                times[backend, grad] = median_time(call, repeats=args.repeats, warmup=0)
+        times = _time_backends(lambda backend, grad: make_box_call(name, backend, b1, b2,
+                                                                   grad=grad),
+                               backends, modes, args.repeats)
         for grad in modes:
             for backend in backends:
                 t = times[backend, grad]
