@@ -270,7 +270,15 @@ def _doc(summary, body, degenerate, eps):
     l = 1 - (iou - (C - U) / (C + eps)),  C = cw ch.
 
     0 for identical boxes (up to eps), 1 for boxes that touch at an edge and
-    fill their enclosing box, towards 2 for distant ones.""", """  The
+    fill their enclosing box, towards 2 for distant ones.
+
+    Example::
+
+        >>> import numpy as np, fastloss as fl
+        >>> pred = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.float32)
+        >>> target = np.array([[0, 0, 1, 1], [2, 0, 3, 1]], np.float32)
+        >>> fl.generalized_box_iou_loss(pred, target, reduction="none").round(4)
+        array([0.    , 1.3333], dtype=float32)""", """  The
     enclosing box stays proper (it comes from min and max); with U < 0 the
     penalty (C - U) / (C + eps) exceeds 1 and l can exceed 2.  Zero-area
     boxes are fine while eps > 0 (eps = 0 and two zero-area boxes: 0/0 =

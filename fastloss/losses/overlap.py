@@ -324,6 +324,10 @@ def _doc(text, extra=_WEIGHTING):
         >>> logits = np.zeros((1, 2, 4, 4), np.float32)
         >>> labels = np.zeros((1, 4, 4), np.uint8)
         >>> round(float(fl.dice_loss(logits, labels, activation="softmax")), 4)
+        0.6667
+        >>> # class 1 is absent from the target: scored about 1 above, left out here
+        >>> round(float(fl.dice_loss(logits, labels, activation="softmax",
+        ...                          ignore_empty=True)), 4)
         0.3333
 
     squared_pred : bool
