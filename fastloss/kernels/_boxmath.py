@@ -144,6 +144,18 @@ def ciou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha):
 #: kernel name -> scalar function, in the C table's order (kernels.BOX_KERNELS)
 LOSSES = {f.__name__: f for f in (giou, diou, ciou)}
 HELPERS = (_max, _min, _dmax, _dmin, _iou_parts, _chain, _diou_value)
+#: kernel name -> the run-time code box_loss takes
+KINDS = {name: code for code, name in enumerate(LOSSES)}
+
+
+def box_loss(kind, x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha):
+    """(value, 4 gradients) of the loss KINDS names by ``kind``: the one dispatch
+    of both Numba skeletons."""
+    if kind == 0:
+        return giou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+    if kind == 1:
+        return diou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+    return ciou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
 
 
 def compile_for(jit, primitives=None):
@@ -163,4 +175,7 @@ def compile_for(jit, primitives=None):
 
     for helper in HELPERS:   # in dependency order: _chain needs _dmax, ...
         namespace[helper.__name__] = jit(rebind(helper))
-    return {name: jit(rebind(fn)) for name, fn in LOSSES.items()}
+    out = {name: jit(rebind(fn)) for name, fn in LOSSES.items()}
+    namespace.update(out)
+    out["box_loss"] = jit(rebind(box_loss))
+    return out

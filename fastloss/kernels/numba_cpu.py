@@ -1262,7 +1262,6 @@ def overlap(call, finish):
 # One kernel for the three losses (per dtype, parallel or not): the loss, storing
 # values and gradients are run-time arguments, so that few things compile.
 BOX_BLOCK = 4096   # boxes per block: the unit of work and of summation
-_BOX_KINDS = {"giou": 0, "diou": 1, "ciou": 2}
 
 
 def _box_math():
@@ -1277,7 +1276,7 @@ def _build_box_kernel(parallel: bool):
     import numba
 
     math = _box_math()
-    giou, diou, ciou = math["giou"], math["diou"], math["ciou"]
+    box_loss = math["box_loss"]
 
     @numba.njit(nogil=True, error_model="numpy")
     def block(kind, b1, b2, eps, eps_alpha, out, grad, want_out, want_grad, gs, check, start,
@@ -1295,12 +1294,8 @@ def _build_box_kernel(parallel: bool):
                     bad1 = i
                 if bad2 < 0 and (X2 < X1 or Y2 < Y1):
                     bad2 = i
-            if kind == 0:
-                value, g1, g2, g3, g4 = giou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
-            elif kind == 1:
-                value, g1, g2, g3, g4 = diou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
-            else:
-                value, g1, g2, g3, g4 = ciou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+            value, g1, g2, g3, g4 = box_loss(kind, x1, y1, x2, y2, X1, Y1, X2, Y2, eps,
+                                             eps_alpha)
             if want_out:
                 out[i] = value
             if want_grad:
@@ -1330,6 +1325,8 @@ def _build_box_kernel(parallel: bool):
 
 
 def boxes(call):
+    from . import _boxmath
+
     b1, b2 = call.boxes1, call.boxes2
     dtype = b1.dtype
     n = call.n
@@ -1345,7 +1342,7 @@ def boxes(call):
         if parallel:
             _apply_thread_count()
             _threads_started = True
-        kernel(np.int64(_BOX_KINDS[call.loss]), b1, b2, np.int64(n), float(call.eps), float(call.eps_alpha), out, grad,
+        kernel(np.int64(_boxmath.KINDS[call.loss]), b1, b2, np.int64(n), float(call.eps), float(call.eps_alpha), out, grad,
                bool(call.want_out), bool(call.want_grad), float(call.grad_scale),
                bool(call.check), partials, bad)
     for k, field in ((0, "bad1"), (1, "bad2")):      # the first block that has one wins

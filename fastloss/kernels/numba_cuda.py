@@ -879,7 +879,6 @@ def overlap(call, finish):
 # losses (the loss is an argument).  The degenerate-box check rides along: each
 # thread notes the first bad box of each argument it meets, and the same tree
 # takes their minimum per block (the host takes the minimum over the blocks).
-_BOX_KINDS = {"giou": 0, "diou": 1, "ciou": 2}
 
 
 def _build_box_kernel():
@@ -887,7 +886,7 @@ def _build_box_kernel():
 
     threads, _ = _geometry()
     math = _boxmath.compile_for(cuda.jit(device=True))
-    giou, diou, ciou = math["giou"], math["diou"], math["ciou"]
+    box_loss = math["box_loss"]
 
     @cuda.jit
     def kernel(kind, b1, b2, n, eps, eps_alpha, out, grad, want_out, want_grad, gs, check,
@@ -911,12 +910,8 @@ def _build_box_kernel():
                     bad1 = i
                 if bad2 == n and (X2 < X1 or Y2 < Y1):
                     bad2 = i
-            if kind == 0:
-                value, g1, g2, g3, g4 = giou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
-            elif kind == 1:
-                value, g1, g2, g3, g4 = diou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
-            else:
-                value, g1, g2, g3, g4 = ciou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha)
+            value, g1, g2, g3, g4 = box_loss(kind, x1, y1, x2, y2, X1, Y1, X2, Y2, eps,
+                                             eps_alpha)
             s += float64(value)
             if want_out:
                 out[i] = value
@@ -954,6 +949,8 @@ def _flat_device(array):
 
 
 def boxes(call):
+    from . import _boxmath
+
     kernel = _built.get("boxes", _build_box_kernel)
     finish_sum, _ = _shared_kernels()
     b1, b2 = _flat_device(call.boxes1), _flat_device(call.boxes2)
@@ -967,7 +964,7 @@ def boxes(call):
     partials = cuda.device_array(blocks, np.float64)
     bad = cuda.device_array(2 * blocks, np.int64)
     result = cuda.device_array(1, dtype)
-    kernel[blocks, threads](np.int64(_BOX_KINDS[call.loss]), b1, b2, np.int64(n),
+    kernel[blocks, threads](np.int64(_boxmath.KINDS[call.loss]), b1, b2, np.int64(n),
                             float(call.eps), float(call.eps_alpha), out, grad,
                             bool(call.want_out), bool(call.want_grad), float(call.grad_scale),
                             bool(call.check), partials, bad)
