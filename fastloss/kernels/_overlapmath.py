@@ -49,7 +49,6 @@ ACTIVATION_CODES = {"none": NONE, "softmax": SOFTMAX, "sigmoid": SIGMOID}
 # target sources: which array the target is read from
 T_U8, T_I32, T_I64, T_FLOAT = 0, 1, 2, 3
 NINF = -math.inf
-LANES = 8
 
 
 def check_call(call, dtype, size):
@@ -102,25 +101,6 @@ def chain(p, g, dot, act):
     if act == SIGMOID:
         return g * p * (1.0 - p)
     return g
-
-
-def lanesum(buf, k):
-    """sum of buf[:k] in a fixed order: element j into lane j % LANES, the lanes
-    folded pairwise."""
-    k8 = k // LANES * LANES
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for j in range(0, k8, LANES):
-        s0 += buf[j]
-        s1 += buf[j + 1]
-        s2 += buf[j + 2]
-        s3 += buf[j + 3]
-        s4 += buf[j + 4]
-        s5 += buf[j + 5]
-        s6 += buf[j + 6]
-        s7 += buf[j + 7]
-    for j in range(k8, k):
-        s0 += buf[j]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 # --- tile functions --------------------------------------------------------------------------
@@ -288,7 +268,7 @@ def grad_tile(x, xb, S, C, W, nt, T, act, squared, labels, lab, keep, base, t8, 
 
 SCALARS = (vmax, sigmoid, activate_one, terms, dloss, chain)
 # in dependency order
-LOOPS = (lanesum, load_labels, load_target, activate, stats_tile, dloss_tile, grad_tile)
+LOOPS = (load_labels, load_target, activate, stats_tile, dloss_tile, grad_tile)
 
 
 def compile_for(jit, loop_jit=None, primitives=None):
@@ -304,7 +284,7 @@ def compile_for(jit, loop_jit=None, primitives=None):
     namespace = {"math": math, "__builtins__": builtins}
     namespace.update({name: globals()[name] for name in PRIMITIVES})
     namespace.update({name: globals()[name] for name in (
-        "NONE", "SOFTMAX", "SIGMOID", "T_U8", "T_I32", "T_I64", "T_FLOAT", "NINF", "LANES")})
+        "NONE", "SOFTMAX", "SIGMOID", "T_U8", "T_I32", "T_I64", "T_FLOAT", "NINF")})
     namespace.update(primitives or {})
     loop_jit = loop_jit or jit
     out = {}

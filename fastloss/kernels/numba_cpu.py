@@ -1079,7 +1079,7 @@ def scan_labels(target, classes, ignore_index, weight):
 # activated values of the tile (T*C float64) in a per-unit scratch -- nothing
 # of the volume's size is allocated.  Each sum is kept in T float64 lanes per
 # class (lane j: the tile voxels j, summed over the unit's tiles in order), the
-# lanes folded in a fixed order at the end of the unit (._overlapmath.lanesum).
+# lanes folded in a fixed order at the end of the unit (the row-wise lanesum).
 # The gradient pass (after finish) uses the same units and recomputes the
 # activation from the input; every grad element is written by exactly one unit.
 #
@@ -1108,8 +1108,9 @@ def _build_overlap(parallel):
     import numba
 
     om = _overlap_math()
-    load_labels, activate, stats_tile, grad_tile, lanesum = (
-        om["load_labels"], om["activate"], om["stats_tile"], om["grad_tile"], om["lanesum"])
+    load_labels, activate, stats_tile, grad_tile = (
+        om["load_labels"], om["activate"], om["stats_tile"], om["grad_tile"])
+    lanesum = _row_helpers().lanesum       # the row-wise kernels' fixed-order lane sum
     jit = numba.njit(nogil=True, error_model="numpy")
     U, TILE_V, SCRATCH = OVERLAP_UNIT, OVERLAP_TILE, OVERLAP_SCRATCH
 
