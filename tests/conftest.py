@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import fastloss as fl  # noqa: E402
+from fastloss import reference  # noqa: E402
 
 SIMULATED = os.environ["NUMBA_ENABLE_CUDASIM"] == "1"
 
@@ -47,6 +48,31 @@ def to_device(array):
 
 def to_host(value):
     return value.copy_to_host() if hasattr(value, "copy_to_host") else np.asarray(value)
+
+
+def compare_with_reference(fn_name, backend, x, y, *, reduction, dtype=None, **kwargs):
+    """The loss ``fn_name`` on ``backend`` (GPU arrays for "cuda") against the float64
+    reference: the value with and without the gradient, and the gradient, in the
+    input's dtype (``dtype``, default x's); inputs unchanged."""
+    dtype = np.dtype(dtype or x.dtype)
+    x_before, y_before = x.copy(), y.copy()
+    fn, ref = getattr(fl, fn_name), getattr(reference, fn_name)
+    on_gpu = backend == "cuda"
+    args = [to_device(x), to_device(y)] if on_gpu else [x, y]
+    kw = {k: (to_device(v) if on_gpu and isinstance(v, np.ndarray) else v)
+          for k, v in kwargs.items()}
+    value, grad = fn(*args, reduction=reduction, return_grad=True, backend=backend, **kw)
+    value_only = fn(*args, reduction=reduction, backend=backend, **kw)
+    ref_value, ref_grad = ref(x, y, reduction=reduction, return_grad=True, **kwargs)
+    value, grad, value_only = to_host(value), to_host(grad), to_host(value_only)
+    assert grad.dtype == dtype and grad.shape == x.shape
+    assert np.asarray(value).dtype == dtype
+    assert np.shape(value) == np.shape(ref_value)
+    np.testing.assert_allclose(value, ref_value, **tol(dtype))
+    np.testing.assert_allclose(value_only, ref_value, **tol(dtype))
+    np.testing.assert_allclose(grad, ref_grad, **tol(dtype))
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(y, y_before)
 
 
 def pytest_collection_modifyitems(config, items):

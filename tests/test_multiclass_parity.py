@@ -12,7 +12,7 @@ import pytest
 import fastloss as fl
 from fastloss import reference
 
-from conftest import available, backend_param, to_device, to_host, tol
+from conftest import available, backend_param, compare_with_reference, tol
 
 SHAPES = {"2d": (6, 5), "4d": (3, 4, 5, 6), "1d": (5,)}
 
@@ -28,26 +28,7 @@ def _inputs(shape, dtype, *, seed=0, ignore=False, scale=3.0, label_dtype=np.int
     return x, y, rng
 
 
-def _compare(fn_name, backend, x, y, *, reduction, dtype, **kwargs):
-    """Value and gradient against the reference; inputs unchanged."""
-    x_before, y_before = x.copy(), y.copy()
-    fn, ref = getattr(fl, fn_name), getattr(reference, fn_name)
-    on_gpu = backend == "cuda"
-    args = [to_device(x), to_device(y)] if on_gpu else [x, y]
-    kw = {k: (to_device(v) if on_gpu and isinstance(v, np.ndarray) else v)
-          for k, v in kwargs.items()}
-    value, grad = fn(*args, reduction=reduction, return_grad=True, backend=backend, **kw)
-    value_only = fn(*args, reduction=reduction, backend=backend, **kw)
-    ref_value, ref_grad = ref(x, y, reduction=reduction, return_grad=True, **kwargs)
-    value, grad, value_only = to_host(value), to_host(grad), to_host(value_only)
-    assert grad.dtype == dtype and grad.shape == x.shape
-    assert np.asarray(value).dtype == dtype
-    assert np.shape(value) == np.shape(ref_value)
-    np.testing.assert_allclose(value, ref_value, **tol(dtype))
-    np.testing.assert_allclose(value_only, ref_value, **tol(dtype))
-    np.testing.assert_allclose(grad, ref_grad, **tol(dtype))
-    np.testing.assert_array_equal(x, x_before)
-    np.testing.assert_array_equal(y, y_before)
+_compare = compare_with_reference
 
 
 # ---- cross_entropy, the whole matrix on the C backend ------------------------------------

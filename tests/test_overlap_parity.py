@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 import fastloss as fl
-from fastloss import reference
 
-from conftest import available, backend_param, to_device, to_host, tol
+from conftest import available, backend_param, compare_with_reference
 
 LOSSES = ("dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss")
 ACTIVATIONS = ("softmax", "sigmoid", None)
@@ -66,25 +65,7 @@ def _loss_kwargs(name, *, squared, weight, ignore_empty, classes, include_backgr
     return kw
 
 
-def compare(name, backend, x, y, *, reduction, **kwargs):
-    """Value (with and without the gradient) and gradient against the
-    reference; inputs unchanged."""
-    dtype = x.dtype
-    x_before, y_before = x.copy(), y.copy()
-    fn, ref = getattr(fl, name), getattr(reference, name)
-    args = [to_device(x), to_device(y)] if backend == "cuda" else [x, y]
-    value, grad = fn(*args, reduction=reduction, return_grad=True, backend=backend, **kwargs)
-    value_only = fn(*args, reduction=reduction, backend=backend, **kwargs)
-    ref_value, ref_grad = ref(x, y, reduction=reduction, return_grad=True, **kwargs)
-    value, grad, value_only = to_host(value), to_host(grad), to_host(value_only)
-    assert grad.dtype == dtype and grad.shape == x.shape
-    assert np.asarray(value).dtype == dtype
-    assert np.shape(value) == np.shape(ref_value)
-    np.testing.assert_allclose(value, ref_value, **tol(dtype))
-    np.testing.assert_allclose(value_only, ref_value, **tol(dtype))
-    np.testing.assert_allclose(grad, ref_grad, **tol(dtype))
-    np.testing.assert_array_equal(x, x_before)
-    np.testing.assert_array_equal(y, y_before)
+compare = compare_with_reference
 
 
 def _matrix():
