@@ -156,6 +156,72 @@ int64_t fl_boxes_first_degenerate(int dtype, const void *boxes, int64_t n);
 /* y[i] = atan(x[i]) as the kernels compute it, on the current ISA path (tests). */
 int fl_boxes_atan(int dtype, const void *x, void *y, int64_t n);
 
+/* ---- pairwise ----
+ * Tiles of the Gram matrix G = a b^T (csrc/pairwise.c): a (na, d) and b
+ * (nb, d), contiguous, of the dtype.  Per pair, from g = a_i . b_j and the
+ * float64 squared norms: d = max(|a_i|^2 + |b_j|^2 - 2 g, 0) (sqeuclidean),
+ * its sqrt (euclidean), 1 - g (cosine, on normalized rows); with same, the
+ * pair (i, i) has d = 0.  The ops (fastloss/kernels/__init__.py PAIRWISE):
+ *  0 matrix: out (na, nb) = d
+ *  1 lse: lse[i] = log sum_j exp(scale g_ij)  (j != i with exclude_diag)
+ *  2 softmax product: out (na, d) += gain sum_j exp(scale g_ij - row_shift_i
+ *    - col_shift_j) b_j  (shifts NULL: 0; j != i with exclude_diag)
+ *  3 contrastive stats (a = b, same): stats (na, 4) = per row over j != i:
+ *    sum of relu(d - pos_margin) over equal labels, how many are > 0,
+ *    sum of relu(neg_margin - d) over other labels, how many are > 0
+ *  4 contrastive grad: out (na, d) = the gradient of cpos * (sum of the
+ *    positive terms) + cneg * (sum of the negative terms) over ordered pairs
+ *  5 hardest: pos[i] = the first j != i of equal label with the largest d,
+ *    neg[i] = the first j of another label with the smallest d (-1: none) */
+typedef struct {
+    int op;
+    int metric;              /* 0 euclidean, 1 sqeuclidean, 2 cosine */
+    int same;                /* b is a */
+    int exclude_diag;        /* ops 1, 2 */
+    const void *a;
+    const void *b;
+    int64_t na, nb, d;
+    const double *norm_a;    /* squared norms, for the euclidean metrics */
+    const double *norm_b;
+    const int32_t *labels;   /* ops 3-5: label codes of the rows */
+    double scale, gain;
+    const double *row_shift;
+    const double *col_shift;
+    double pos_margin, neg_margin, cpos, cneg;
+    void *out;
+    double *lse;
+    double *stats;
+    int64_t *pos;
+    int64_t *neg;
+} fl_pair_args;
+
+/* dtype: 0 float32, 1 float64.  Returns 0, -1 bad arguments, -2 out of memory. */
+int fl_pair(int dtype, fl_pair_args *args);
+
+/* Row kernels of the family, no pairs: kind 0 triplet margin (a, p, n each
+ * (rows, d); torch's triplet_margin_loss per row: d(u, v) = ||u - v + eps||_p,
+ * loss = max(margin + d(a, p) - d_an, 0), d_an = d(a, n), or with swap
+ * min(d(a, n), d(p, n)), half the gradient to each at a tie); kind 1 InfoNCE
+ * with paired negatives (a = queries, p = positive keys (rows, d), n =
+ * negatives (rows, m, d), rows normalized: z = scale [q.k, q.n_1 ...],
+ * loss = logsumexp(z) - z_0).  Gradients (if ga) = gain * d loss / d (a, p, n). */
+typedef struct {
+    int kind;
+    const void *a;
+    const void *p;
+    const void *n;
+    int64_t rows, d, m;
+    double margin, p_norm, eps;
+    int swap;
+    double scale, gain;
+    double *loss;            /* (rows,) float64 */
+    void *ga;                /* NULL: no gradients */
+    void *gp;
+    void *gn;
+} fl_pair_rows_args;
+
+int fl_pair_rows(int dtype, fl_pair_rows_args *args);
+
 /* FL_CDEF_END */
 
 #endif

@@ -20,6 +20,8 @@ from .losses.multiclass import (cross_entropy, multi_margin_loss, multiclass_hin
                                 softmax_focal_loss)
 from .losses.boxes import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 from .losses.overlap import dice_loss, generalized_dice_loss, jaccard_loss, tversky_loss
+from .losses.pairwise import (batch_hard_triplet_loss, contrastive_loss, info_nce_loss,
+                              nt_xent_loss, pairwise_distances, triplet_margin_loss)
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,8 @@ __all__ = [
     "multiclass_hinge_loss",
     "dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
     "generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss",
+    "pairwise_distances", "contrastive_loss", "triplet_margin_loss", "batch_hard_triplet_loss",
+    "info_nce_loss", "nt_xent_loss",
     "backends", "use_backend", "BackendInfo", "BackendUnavailable",
     "set_num_threads", "get_num_threads", "isa", "set_isa", "reference", "__version__",
 ]

@@ -192,3 +192,102 @@ class BoxCall:
     check: bool = False
     bad1: int = -1            # results of the check
     bad2: int = -1
+
+
+#: distances the pairwise kernels compute per pair (see PAIRWISE below)
+PAIR_METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+PAIRWISE = """
+The pairwise (representation-learning) kernels.  Every backend module (native,
+numba_cpu, numba_cuda) has the functions below.  Arrays are C-contiguous, of
+one float dtype (float32 or float64) on the backend's device; embeddings are
+(rows, D) with D >= 1.  ``b is a`` (the same object) means one set of rows
+against itself.  None of them writes its inputs, and none ever holds an
+(Na, Nb) matrix (but pair_matrix's output): tiles of the Gram matrix
+G = a b^T are computed, used and dropped, the gradient kernels compute them
+again.  Per-row results depend on the shape only, never on the thread count
+or scheduling (fixed tiles, each row's tiles in column order, float64 sums).
+
+Per pair, from g = a_i . b_j (computed in the dtype, like a GEMM) and the
+float64 squared norms |a_i|^2, |b_j|^2:
+  metric "sqeuclidean": d = max(|a_i|^2 + |b_j|^2 - 2 g, 0)
+  metric "euclidean":   d = sqrt(that)
+  metric "cosine":      d = 1 - g   (the caller has already normalized the rows)
+with ``b is a`` and i == j, d = 0 exactly.
+
+pair_matrix(a, b, metric) -> (Na, Nb) array of d, in the dtype.
+
+pair_lse(a, b, scale, exclude_diag) -> float64 (Na,):
+  lse_i = log sum_j exp(scale * g_ij), over j != i when exclude_diag (only
+  with b is a).  Online: per row a running max and float64 sum over tiles.
+
+pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out)
+  -> None, adds into out (Na, D) of the dtype:
+  out_i += gain * sum_j exp(scale * g_ij - row_shift_i - col_shift_j) * b_j
+  (j != i when exclude_diag).  row_shift (Na,) / col_shift (Nb,) are float64
+  arrays or None (zero).  The sum over j is accumulated in float64 (tile
+  products in the dtype, added to a float64 row accumulator), then added to
+  out.  With row_shift = lse from pair_lse this is softmax(S) b; with
+  a and b swapped and col_shift = lse it is softmax(S)^T a.
+
+pair_contrastive_stats(x, labels, metric, pos_margin, neg_margin) -> float64 (N, 4):
+  labels int64 (N,).  Row i over j != i, with d = d(x_i, x_j):
+  [sum over y_j == y_i of relu(d - pos_margin), count of those terms > 0,
+   sum over y_j != y_i of relu(neg_margin - d), count of those terms > 0].
+
+pair_contrastive_grad(x, labels, metric, pos_margin, neg_margin, cpos, cneg)
+  -> (N, D) array of the dtype: the gradient of
+  L = cpos * sum_{i != j, y_i == y_j} relu(d_ij - pos_margin)
+    + cneg * sum_{i != j, y_i != y_j} relu(neg_margin - d_ij)
+  over ordered pairs, so  dL/dx_i = 2 sum_{j != i} c_ij * dd_ij/dx_i  with
+  c_ij = cpos [y_j == y_i and d_ij > pos_margin] - cneg [y_j != y_i and d_ij < neg_margin];
+  dd/dx_i = (x_i - x_j) / d ("euclidean"; 0 where d == 0), 2 (x_i - x_j)
+  ("sqeuclidean"), -x_j ("cosine").  As W_ij = 2 c_ij phi_ij:
+  grad_i = x_i sum_j W_ij - sum_j W_ij x_j (phi = 1/d or 2), or
+  -sum_j 2 c_ij x_j (cosine): one Gram tile and one tile product per tile.
+
+pair_hardest(x, labels, metric) -> (pos, neg), int64 (N,) each:
+  pos_i = argmax over j != i with y_j == y_i of d_ij, neg_i = argmin over
+  y_j != y_i of d_ij; the smallest j among ties; -1 where there is no such j.
+
+Row kernels (no pairs; O(N D)):
+
+triplet_rows(anchor, positive, negative, margin, p, eps, swap, want_grad, gain)
+  -> (loss float64 (N,), grads (ga, gp, gn) of the dtype or None):
+  torch.nn.functional.triplet_margin_loss per row: with
+  dist(u, v) = ||u - v + eps||_p (torch's pairwise_distance: eps added to
+  the difference, p > 0), d_ap = dist(a, p), d_an = dist(a, n), with swap
+  d_an = min(d_an, dist(p, n)) (at a tie the first); loss = max(margin +
+  d_ap - d_an, 0); grads = gain * d loss / d (a, p, n) per row (0 where
+  loss == 0; the p-norm's gradient sign(v)|v|^(p-1) / ||v||^(p-1), 0 at v = 0).
+
+info_nce_paired(q, k, neg, scale, want_grad, gain)
+  -> (loss float64 (N,), grads (gq, gk, gneg) or None): q, k (N, D), neg
+  (N, M, D), rows already normalized.  Logits z_0 = scale q_i . k_i,
+  z_m = scale q_i . neg_im; loss_i = logsumexp(z) - z_0; grads = gain * d
+  loss_i / d inputs.
+
+Row glue for the loss layer, on the backend's device (the host backends share
+numpy versions in fastloss.losses.pairwise; numba_cuda has its own):
+  normalize_rows(x, eps, out=None) -> (xhat, norm float64 (N,)):
+      xhat = x / max(||x||, eps) in the dtype (torch.nn.functional.normalize;
+      a zero row stays zero), written into ``out`` (N, D) when given (a view
+      of a larger array) and returned
+  normalize_rows_backward(g, xhat, norm, eps) -> dx (dtype, new array):
+      (g - xhat (xhat . g)) / norm where norm > eps, else g / eps
+  row_dots(a, b) -> float64 (N,): sum_d a_id b_id, accumulated in float64
+  scaled_copy(out, a, coef) -> None: out = coef * a per row, coef a float or
+      a float64 (N,) array, computed in float64, stored in the dtype
+  pair_rows_distance(x, i, j, metric) -> float64 (K,): d(x_i[k], x_j[k])
+      computed directly from the rows in float64 (||x_i - x_j||, its square,
+      or 1 - x_i . x_j), for int64 index arrays i, j (K,)
+  pair_rows_grad(x, i, j, coef, metric) -> (N, D) array of the dtype: the
+      gradient of sum_k coef_k d(x_i[k], x_j[k]) with respect to every row of
+      x (both ends of each pair; 0 for the euclidean distance at d = 0),
+      accumulated deterministically in float64
+
+Results of one float64 value per row (lse, stats, indices, losses) are host
+numpy arrays on every backend, and float64 inputs of that kind (row_shift,
+col_shift, coef, index arrays) are host numpy arrays too: the CUDA backend
+copies these O(N) vectors; every (N, D) array stays on the device.
+"""

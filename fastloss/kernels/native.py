@@ -263,3 +263,127 @@ def box_atan(x) -> np.ndarray:
     y = np.empty_like(x)
     lib.fl_boxes_atan(_DTYPE_IDS[x.dtype], ffi.from_buffer(x), ffi.from_buffer(y), x.size)
     return y
+
+
+# ---- pairwise ----
+_PAIR_OPS = {"matrix": 0, "lse": 1, "softmax_product": 2, "contrastive_stats": 3,
+             "contrastive_grad": 4, "hardest": 5}
+_PAIR_METRICS = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+
+
+def _sq_norms(x):
+    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
+
+
+def _label_codes(labels):
+    """Dense int32 codes of int64 labels (the kernels compare codes)."""
+    return np.unique(labels, return_inverse=True)[1].astype(np.int32).reshape(-1)
+
+
+def _pair(op, a, b, *, metric="cosine", labels=None, keep=(), **fields):
+    """One fl_pair call: the buffers it reads and writes are kept alive in ``keep``
+    and the locals until it returns."""
+    args = ffi.new("fl_pair_args *")
+    args.op, args.metric = _PAIR_OPS[op], _PAIR_METRICS[metric]
+    args.same = int(b is a)
+    ab = ffi.from_buffer(a)
+    bb = ab if b is a else ffi.from_buffer(b)
+    args.a, args.b = ab, bb
+    args.na, args.nb, args.d = a.shape[0], b.shape[0], a.shape[1]
+    buffers = [ab, bb]
+    if metric != "cosine" and op in ("matrix", "contrastive_stats", "contrastive_grad",
+                                     "hardest"):
+        na2 = _sq_norms(a)
+        nb2 = na2 if b is a else _sq_norms(b)
+        buffers += [ffi.from_buffer(na2), ffi.from_buffer(nb2)]
+        args.norm_a, args.norm_b = ffi.cast("double *", buffers[-2]), \
+            ffi.cast("double *", buffers[-1])
+    if labels is not None:
+        codes = _label_codes(labels)
+        buffers.append(ffi.from_buffer(codes))
+        args.labels = ffi.cast("int32_t *", buffers[-1])
+    for name, value in fields.items():
+        if isinstance(value, np.ndarray):
+            buf = ffi.from_buffer(value)
+            buffers.append(buf)
+            ctype = {"lse": "double *", "stats": "double *", "row_shift": "double *",
+                     "col_shift": "double *", "pos": "int64_t *", "neg": "int64_t *",
+                     "out": "void *"}[name]
+            setattr(args, name, ffi.cast(ctype, buf))
+        elif value is not None:
+            setattr(args, name, value)
+    _check_rc(lib.fl_pair(_DTYPE_IDS[a.dtype], args), f"pairwise {op}")
+
+
+def pair_matrix(a, b, metric):
+    out = np.empty((a.shape[0], b.shape[0]), a.dtype)
+    _pair("matrix", a, b, metric=metric, out=out)
+    return out
+
+
+def pair_lse(a, b, scale, exclude_diag):
+    lse = np.empty(a.shape[0], np.float64)
+    _pair("lse", a, b, scale=float(scale), exclude_diag=int(bool(exclude_diag)), lse=lse)
+    return lse
+
+
+def _f64_or_none(v):
+    return None if v is None else np.ascontiguousarray(v, dtype=np.float64)
+
+
+def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out):
+    _pair("softmax_product", a, b, scale=float(scale), gain=float(gain),
+          row_shift=_f64_or_none(row_shift), col_shift=_f64_or_none(col_shift),
+          exclude_diag=int(bool(exclude_diag)), out=out)
+
+
+def pair_contrastive_stats(x, labels, metric, pos_margin, neg_margin):
+    stats = np.empty((x.shape[0], 4), np.float64)
+    _pair("contrastive_stats", x, x, metric=metric, labels=labels,
+          pos_margin=float(pos_margin), neg_margin=float(neg_margin), stats=stats)
+    return stats
+
+
+def pair_contrastive_grad(x, labels, metric, pos_margin, neg_margin, cpos, cneg):
+    out = np.empty_like(x)
+    _pair("contrastive_grad", x, x, metric=metric, labels=labels,
+          pos_margin=float(pos_margin), neg_margin=float(neg_margin), cpos=float(cpos),
+          cneg=float(cneg), out=out)
+    return out
+
+
+def pair_hardest(x, labels, metric):
+    pos = np.empty(x.shape[0], np.int64)
+    neg = np.empty(x.shape[0], np.int64)
+    _pair("hardest", x, x, metric=metric, labels=labels, pos=pos, neg=neg)
+    return pos, neg
+
+
+def _pair_rows(kind, a, p, n, m, want_grad, **fields):
+    args = ffi.new("fl_pair_rows_args *")
+    args.kind, args.rows, args.d, args.m = kind, a.shape[0], a.shape[-1], m
+    bufs = [ffi.from_buffer(v) for v in (a, p, n)]
+    args.a, args.p, args.n = bufs
+    for name, value in fields.items():
+        setattr(args, name, value)
+    loss = np.empty(a.shape[0], np.float64)
+    bufs.append(ffi.from_buffer(loss))
+    args.loss = ffi.cast("double *", bufs[-1])
+    grads = None
+    if want_grad:
+        grads = tuple(np.empty_like(v) for v in (a, p, n))
+        gb = [ffi.from_buffer(g) for g in grads]
+        args.ga, args.gp, args.gn = gb
+        bufs += gb
+    _check_rc(lib.fl_pair_rows(_DTYPE_IDS[a.dtype], args), "pairwise rows")
+    return loss, grads
+
+
+def triplet_rows(anchor, positive, negative, margin, p, eps, swap, want_grad, gain):
+    return _pair_rows(0, anchor, positive, negative, 0, want_grad, margin=float(margin),
+                      p_norm=float(p), eps=float(eps), swap=int(bool(swap)), gain=float(gain))
+
+
+def info_nce_paired(q, k, neg, scale, want_grad, gain):
+    return _pair_rows(1, q, k, neg, neg.shape[1], want_grad, scale=float(scale),
+                      gain=float(gain))
