@@ -127,6 +127,15 @@ def test_completeness_every_family():
         for module in ("numba_cpu", "numba_cuda", "native"):
             assert callable(getattr(importlib.import_module(f"fastloss.kernels.{module}"),
                                     entry)), (module, entry)
+    from fastloss.kernels import PAIR_KERNELS, PAIR_ROW_GLUE
+    from fastloss.losses import pairwise
+    for name in pairwise.PAIRWISE_LOSSES:
+        assert name in fl.__all__ and hasattr(fl, name) and hasattr(reference, name), name
+    for module, names in (("numba_cpu", PAIR_KERNELS), ("native", PAIR_KERNELS),
+                          ("numba_cuda", PAIR_KERNELS + PAIR_ROW_GLUE)):
+        kernels = importlib.import_module(f"fastloss.kernels.{module}")
+        assert all(callable(getattr(kernels, n, None)) for n in names), module
+    assert all(callable(getattr(pairwise._HOST_ROWS, n)) for n in PAIR_ROW_GLUE)
     if available("c"):
         from fastloss.kernels import native
         assert {k for ks in MULTICLASS_LOSSES.values() for k in ks} == set(native._ROW_IDS)

@@ -5,9 +5,10 @@ import pytest
 
 import fastloss.losses.boxes
 import fastloss.losses.overlap
+import fastloss.losses.pairwise
 
 #: the modules whose docstrings have examples so far (issue 6: every public loss)
-MODULES = [fastloss.losses.overlap, fastloss.losses.boxes]
+MODULES = [fastloss.losses.overlap, fastloss.losses.boxes, fastloss.losses.pairwise]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])

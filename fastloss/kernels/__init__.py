@@ -197,6 +197,13 @@ class BoxCall:
 #: distances the pairwise kernels compute per pair (see PAIRWISE below)
 PAIR_METRICS = ("euclidean", "sqeuclidean", "cosine")
 
+#: the pairwise kernels every backend module has (see PAIRWISE)
+PAIR_KERNELS = ("pair_matrix", "pair_lse", "pair_softmax_product", "pair_contrastive_stats",
+                "pair_contrastive_grad", "pair_hardest", "triplet_rows", "info_nce_paired")
+#: the row glue of the loss layer: numpy on the host, numba_cuda's own on the GPU
+PAIR_ROW_GLUE = ("normalize_rows", "normalize_rows_backward", "row_dots", "scaled_copy",
+                 "pair_rows_distance", "pair_rows_grad")
+
 PAIRWISE = """
 The pairwise (representation-learning) kernels.  Every backend module (native,
 numba_cpu, numba_cuda) has the functions below.  Arrays are C-contiguous, of
