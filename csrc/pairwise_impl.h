@@ -37,6 +37,47 @@ FL_ATTR FL_INLINE V PW(madd)(V a, V b, V c)
 #endif
 }
 
+/* x in every lane (an explicit broadcast: 0 + x would be an addition) */
+FL_ATTR FL_INLINE V PW(splat)(T x)
+{
+#if FL_X86 && FL_VBYTES == 64 && PW_F32
+    return (V)_mm512_set1_ps(x);
+#elif FL_X86 && FL_VBYTES == 64
+    return (V)_mm512_set1_pd(x);
+#elif FL_X86 && FL_VBYTES == 32 && PW_F32
+    return (V)_mm256_set1_ps(x);
+#elif FL_X86 && FL_VBYTES == 32
+    return (V)_mm256_set1_pd(x);
+#elif FL_X86 && PW_F32
+    return (V)_mm_set1_ps(x);
+#elif FL_X86
+    return (V)_mm_set1_pd(x);
+#else
+    V v;
+    for (int k = 0; k < VL; k++)
+        v[k] = x;
+    return v;
+#endif
+}
+
+/* the largest of s[0, n) (NaN is skipped), in FL_LANES lanes: a vector loop */
+FL_ATTR FL_INLINE T PW(row_max)(const T *s, int64_t n)
+{
+    T lane[FL_LANES];
+    for (int k = 0; k < FL_LANES; k++)
+        lane[k] = -INFINITY;
+    int64_t j = 0;
+    for (; j + FL_LANES <= n; j += FL_LANES)
+        for (int k = 0; k < FL_LANES; k++)
+            lane[k] = s[j + k] > lane[k] ? s[j + k] : lane[k];
+    for (int k = 0; j + k < n; k++)
+        lane[k] = s[j + k] > lane[k] ? s[j + k] : lane[k];
+    T mx = lane[0];
+    for (int k = 1; k < FL_LANES; k++)
+        mx = lane[k] > mx ? lane[k] : mx;
+    return mx;
+}
+
 /* C (PW_MR x NR) = sum over p < k of ap[p][r] * bp[p][c] (packed operands);
  * stored to c (row stride ldc, the first rows x cols of it), or, with acc,
  * added in float64 to acc (row stride lda). */
@@ -51,7 +92,7 @@ FL_ATTR static void PW(micro)(int64_t k, const T *FL_RESTRICT ap, const T *FL_RE
         memcpy(&b0, bp, sizeof b0);
         memcpy(&b1, bp + VL, sizeof b1);
         for (int r = 0; r < PW_MR; r++) {
-            const V ar = (V){0} + ap[r];
+            const V ar = PW(splat)(ap[r]);
             c0[r] = PW(madd)(ar, b0, c0[r]);
             c1[r] = PW(madd)(ar, b1, c1[r]);
         }
@@ -155,9 +196,7 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
                 s[j] *= sc;
             if (has_diag && A->exclude_diag)
                 s[diag] = -INFINITY;
-            T mx = -INFINITY;
-            for (int64_t j = 0; j < nbt; j++)
-                mx = s[j] > mx ? s[j] : mx;
+            const T mx = PW(row_max)(s, nbt);
             if ((double)mx > R->m) {      /* a new running max: rescale the sum */
                 const double f = exp(R->m - (double)mx);
                 for (int k = 0; k < FL_LANES; k++)
