@@ -201,7 +201,8 @@ int fl_pair(int dtype, fl_pair_args *args);
 /* Row kernels of the family, no pairs: kind 0 triplet margin (a, p, n each
  * (rows, d); torch's triplet_margin_loss per row: d(u, v) = ||u - v + eps||_p,
  * loss = max(margin + d(a, p) - d_an, 0), d_an = d(a, n), or with swap
- * min(d(a, n), d(p, n)), half the gradient to each at a tie); kind 1 InfoNCE
+ * min(d(a, n), d(p, n)), half the gradient to each at a tie, and the gradient
+ * passes at loss = 0 as torch's clamp_min); kind 1 InfoNCE
  * with paired negatives (a = queries, p = positive keys (rows, d), n =
  * negatives (rows, m, d), rows normalized: z = scale [q.k, q.n_1 ...],
  * loss = logsumexp(z) - z_0).  Gradients (if ga) = gain * d loss / d (a, p, n). */

@@ -468,7 +468,7 @@ FL_ATTR static void PW(triplet_row)(const fl_pair_rows_args *A, int64_t i, doubl
     if (!grad)
         return;
     T *ga = (T *)A->ga + i * D, *gp = (T *)A->gp + i * D, *gn = (T *)A->gn + i * D;
-    const double c = z > 0 ? A->gain : 0.0;
+    const double c = z >= 0 ? A->gain : 0.0;     /* torch's clamp_min passes at 0 */
     for (int64_t k = 0; k < D; k++) {
         /* d_ap: +g_ap on a, -g_ap on p; d(a, n): +a, -n; d(p, n): +p, -n */
         const double ean = wan * gan[k], epn = wpn * (A->swap ? gpn[k] : 0.0);

@@ -768,3 +768,288 @@ def complete_box_iou_loss(boxes1, boxes2, *, reduction="mean", eps=1e-7, return_
         value = value + alpha * v
         grad = grad + alpha[..., None] * dv
     return _box_reduce(value, grad, reduction, return_grad)
+
+
+# ---- pairwise (representation learning) ----
+# Metric-learning and self-supervised losses on embeddings (N, D): distances,
+# pytorch-metric-learning's ContrastiveLoss, torch's triplet_margin_loss,
+# batch-hard triplets (Hermans et al. 2017), info-nce-pytorch's InfoNCE and
+# SimCLR's NT-Xent (contract: notes/pairwise_api.md).  Everything holds the
+# full (N, M) matrices and computes each distance directly from the
+# difference of the rows.  Gradients are derived by hand in reverse mode: a
+# loss builds its upstream G = d(loss)/d(distance matrix) (or d(loss)/d(logits)),
+# _pw_dist_grad carries G to both ends of every pair, _pw_normalize_grad
+# through torch.nn.functional.normalize.  Rules at the kinks, as torch's
+# autograd: relu'(0) = 0 (but triplet_margin_loss: see there), d||v||/dv = 0
+# at v = 0 (so the euclidean distance has gradient 0 at d = 0), and
+# normalize's clamp max(||x||, 1e-12) passes no gradient below 1e-12 (a zero
+# row gets g / 1e-12: finite).
+
+__all__ += ["pairwise_distances", "contrastive_loss", "triplet_margin_loss",
+            "batch_hard_triplet_loss", "info_nce_loss", "nt_xent_loss"]
+
+_PW_NORM_EPS = 1e-12                 # torch.nn.functional.normalize's eps
+
+
+def _pw_normalize(x):
+    """x / max(||x||, 1e-12) along the last axis, and the clamped norm (..., 1)."""
+    r = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    den = np.maximum(r, _PW_NORM_EPS)
+    return x / den, r, den
+
+
+def _pw_normalize_grad(xn, r, den, g):
+    """d(loss)/dx from g = d(loss)/d(xn): (g - xn (xn . g)) / ||x|| where the norm is
+    not clamped, g / 1e-12 where it is."""
+    proj = np.where(r >= _PW_NORM_EPS, xn * np.sum(xn * g, axis=-1, keepdims=True), 0.0)
+    return (g - proj) / den
+
+
+def _pw_dist(x, y, metric):
+    """(N, M) distances between the rows of x and y, from the differences;
+    "cosine" expects normalized rows."""
+    if metric == "cosine":
+        return 1.0 - x @ y.T
+    diff = x[:, None, :] - y[None, :, :]
+    d2 = np.sum(diff * diff, axis=-1)
+    return d2 if metric == "sqeuclidean" else np.sqrt(d2)
+
+
+def _pw_dist_grad(x, y, metric, G):
+    """(gx, gy): the gradient of sum_ij G_ij d(x_i, y_j)."""
+    if metric == "cosine":
+        return -G @ y, -G.T @ x
+    diff = x[:, None, :] - y[None, :, :]
+    if metric == "sqeuclidean":
+        W = 2.0 * G
+    else:
+        d = np.sqrt(np.sum(diff * diff, axis=-1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            W = np.where(d > 0, G / d, 0.0)
+    gpair = W[..., None] * diff
+    return gpair.sum(axis=1), -gpair.sum(axis=0)
+
+
+def _pw_self_grad(x, metric, G):
+    """Gradient of sum_ij G_ij d(x_i, x_j) with respect to x (both ends)."""
+    gx, gy = _pw_dist_grad(x, x, metric, G)
+    return gx + gy
+
+
+def _pw_prepare(embeddings, metric, normalize):
+    """float64 embeddings, normalized where asked (cosine always): (x, undo) with undo
+    carrying a gradient with respect to x back to the embeddings."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if metric == "cosine" or normalize:
+        xn, r, den = _pw_normalize(x)
+        return xn, (lambda g: _pw_normalize_grad(xn, r, den, g))
+    return x, (lambda g: g)
+
+
+def _pw_masks(labels):
+    """(positive, negative) (N, N) masks of the ordered pairs i != j."""
+    y = np.asarray(labels).reshape(-1)
+    same = y[:, None] == y[None, :]
+    pos = same & ~np.eye(y.size, dtype=bool)
+    return pos, ~same
+
+
+def _pw_share(mask):
+    """mask / count (zeros where the mask is empty)."""
+    n = np.count_nonzero(mask)
+    return mask / n if n else np.zeros(mask.shape)
+
+
+def pairwise_distances(x, y=None, *, metric="euclidean"):
+    """(N, M) distance matrix: "euclidean" ||x_i - y_j||, "sqeuclidean" its square,
+    "cosine" 1 - cos(x_i, y_j) on normalized rows; with y None the diagonal is 0."""
+    a = np.asarray(x, dtype=np.float64)
+    b = a if y is None else np.asarray(y, dtype=np.float64)
+    if metric == "cosine":
+        a, b = _pw_normalize(a)[0], _pw_normalize(b)[0]
+    D = _pw_dist(a, b, metric)
+    if y is None:
+        np.fill_diagonal(D, 0.0)
+    return D
+
+
+def contrastive_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0, distance="euclidean",
+                     normalize_embeddings=True, reduction="mean_nonzero", return_grad=False):
+    """pytorch-metric-learning's ContrastiveLoss over the ordered pairs i != j:
+    relu(d - pos_margin) for equal labels, relu(neg_margin - d) for different ones."""
+    x, undo = _pw_prepare(embeddings, distance, normalize_embeddings)
+    D = _pw_dist(x, x, distance)
+    pos, neg = _pw_masks(labels)
+    zp, zn = D - pos_margin, neg_margin - D
+    L = np.where(pos, np.maximum(zp, 0.0), 0.0) + np.where(neg, np.maximum(zn, 0.0), 0.0)
+    dL = np.where(pos & (zp > 0), 1.0, 0.0) - np.where(neg & (zn > 0), 1.0, 0.0)
+    if reduction == "mean_nonzero":
+        W = _pw_share(pos & (L > 0)) + _pw_share(neg & (L > 0))
+    elif reduction == "mean":
+        W = _pw_share(pos) + _pw_share(neg)
+    else:  # sum, none
+        W = np.ones(D.shape)
+    if reduction == "none":
+        value = L.sum(axis=1)
+    else:
+        value = np.float64((W * L).sum())
+    if not return_grad:
+        return value
+    return value, undo(_pw_self_grad(x, distance, W * dL))
+
+
+def _pw_lp(w, p):
+    """(||w||_p along the last axis, its gradient; 0 at w = 0)."""
+    a = np.abs(w)
+    r = np.sum(a ** p, axis=-1) ** (1.0 / p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.sign(w) * (a / r[..., None]) ** (p - 1.0)
+    return r, np.where(r[..., None] > 0, g, 0.0)
+
+
+def triplet_margin_loss(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=False,
+                        reduction="mean", return_grad=False):
+    """torch.nn.functional.triplet_margin_loss: max(margin + d(a, p) - d(a, n), 0) with
+    d(u, v) = ||u - v + eps||_p; swap: d(a, n) -> min(d(a, n), d(p, n)).  torch's rules
+    at the kinks: a swap tie gives each distance half the gradient (minimum), and
+    margin + d_ap - d_an == 0 passes the gradient (clamp_min's >=).  1-D inputs are one
+    triplet ("none" then gives a 0-d array, as torch)."""
+    a, pp, n = (np.asarray(t, dtype=np.float64) for t in (anchor, positive, negative))
+    one = a.ndim == 1
+    a, pp, n = (t.reshape(1, -1) if one else t for t in (a, pp, n))
+    dap, gap = _pw_lp(a - pp + eps, p)
+    dan, gan = _pw_lp(a - n + eps, p)
+    if swap:
+        dpn, gpn = _pw_lp(pp - n + eps, p)
+        ca = np.where(dan < dpn, 1.0, np.where(dan == dpn, 0.5, 0.0))
+        dneg = np.minimum(dan, dpn)
+    else:
+        dpn, gpn = dan, np.zeros_like(gan)
+        ca = np.ones_like(dan)
+        dneg = dan
+    cp = 1.0 - ca
+    z = margin + dap - dneg
+    loss = np.maximum(z, 0.0)
+    c = np.where(z >= 0, 1.0, 0.0)                  # torch's clamp_min: gradient 1 at z == 0
+    if reduction == "none":
+        value = loss.reshape(()) if one else loss
+    elif reduction == "sum":
+        value = np.float64(loss.sum())
+    else:
+        value = np.float64(loss.sum()) / loss.size
+        c = c / loss.size
+    if not return_grad:
+        return value
+    c = c[:, None]
+    ga = c * (gap - ca[:, None] * gan)
+    gp = c * (-gap - cp[:, None] * gpn)
+    gn = c * (ca[:, None] * gan + cp[:, None] * gpn)
+    if one:
+        ga, gp, gn = ga[0], gp[0], gn[0]
+    return value, (ga, gp, gn)
+
+
+def batch_hard_triplet_loss(embeddings, labels, *, margin=1.0, distance="euclidean",
+                            normalize_embeddings=False, soft=False, reduction="mean",
+                            return_grad=False):
+    """Batch-hard triplets: per anchor the farthest positive and the nearest negative
+    (first index among ties), relu (soft: softplus) of margin + d_ap - d_an; anchors
+    without a positive or a negative are invalid (loss 0, not counted)."""
+    x, undo = _pw_prepare(embeddings, distance, normalize_embeddings)
+    D = _pw_dist(x, x, distance)
+    pos, neg = _pw_masks(labels)
+    rows = np.arange(D.shape[0])
+    jp = np.argmax(np.where(pos, D, -np.inf), axis=1)
+    jn = np.argmin(np.where(neg, D, np.inf), axis=1)
+    valid = pos.any(axis=1) & neg.any(axis=1)
+    z = margin + D[rows, jp] - D[rows, jn]
+    if soft:
+        loss, dl = np.logaddexp(0.0, z), _sigmoid(z)
+    else:
+        loss, dl = np.maximum(z, 0.0), np.where(z > 0, 1.0, 0.0)
+    loss, dl = np.where(valid, loss, 0.0), np.where(valid, dl, 0.0)
+    if reduction == "mean":
+        w = _pw_share(valid)
+    elif reduction == "mean_nonzero":
+        w = _pw_share(valid & (loss > 0))
+    else:  # sum, none
+        w = valid.astype(np.float64)
+    value = loss if reduction == "none" else np.float64((w * loss).sum())
+    if not return_grad:
+        return value
+    G = np.zeros(D.shape)
+    np.add.at(G, (rows, jp), w * dl)
+    np.add.at(G, (rows, jn), -w * dl)
+    return value, undo(_pw_self_grad(x, distance, G))
+
+
+def _pw_ce_rows(logits, target, reduction):
+    """Cross-entropy per row (log-sum-exp, max subtracted) and d(reduced)/d(logits)."""
+    n = logits.shape[0]
+    m = np.max(logits, axis=1, keepdims=True)
+    e = np.exp(logits - m)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    loss = (m[:, 0] + np.log(s[:, 0])) - logits[rows, target]
+    dz = e / s
+    dz[rows, target] -= 1.0
+    if reduction == "none":
+        return loss, dz
+    if reduction == "sum":
+        return np.float64(loss.sum()), dz
+    return np.float64(loss.sum()) / n, dz / n
+
+
+def info_nce_loss(query, positive_key, negative_keys=None, *, temperature=0.1,
+                  negative_mode="unpaired", reduction="mean", return_grad=False):
+    """info-nce-pytorch 0.1.4's info_nce: cross-entropy of cosine logits / temperature,
+    the positive key the target (negatives: the other rows' positive keys when
+    negative_keys is None, else all of negative_keys (M, D) or each row's (M, D))."""
+    q, rq, dq = _pw_normalize(np.asarray(query, dtype=np.float64))
+    k, rk, dk = _pw_normalize(np.asarray(positive_key, dtype=np.float64))
+    t = float(temperature)
+    n = q.shape[0]
+    if negative_keys is None:
+        value, dz = _pw_ce_rows(q @ k.T / t, np.arange(n), reduction)
+        if not return_grad:
+            return value
+        gq, gk = dz @ k / t, dz.T @ q / t
+        return value, (_pw_normalize_grad(q, rq, dq, gq), _pw_normalize_grad(k, rk, dk, gk))
+    v, rv, dv = _pw_normalize(np.asarray(negative_keys, dtype=np.float64))
+    zpos = np.sum(q * k, axis=1, keepdims=True)
+    if negative_mode == "paired":
+        zneg = np.einsum("nd,nmd->nm", q, v)
+    else:
+        zneg = q @ v.T
+    value, dz = _pw_ce_rows(np.concatenate([zpos, zneg], axis=1) / t,
+                            np.zeros(n, dtype=np.intp), reduction)
+    if not return_grad:
+        return value
+    dpos, dneg = dz[:, :1] / t, dz[:, 1:] / t
+    gk = dpos * q
+    if negative_mode == "paired":
+        gq = dpos * k + np.einsum("nm,nmd->nd", dneg, v)
+        gv = dneg[:, :, None] * q[:, None, :]
+    else:
+        gq = dpos * k + dneg @ v
+        gv = dneg.T @ q
+    return value, (_pw_normalize_grad(q, rq, dq, gq), _pw_normalize_grad(k, rk, dk, gk),
+                   _pw_normalize_grad(v, rv, dv, gv))
+
+
+def nt_xent_loss(z1, z2, *, temperature=0.5, reduction="mean", return_grad=False):
+    """SimCLR's NT-Xent over the 2N views [z1; z2]: cross-entropy of the cosine
+    similarities / temperature over j != i, the other view of the same sample the
+    target; "none" (2N,), z1's views first."""
+    z = np.concatenate([np.asarray(z1, dtype=np.float64), np.asarray(z2, dtype=np.float64)])
+    zn, r, den = _pw_normalize(z)
+    m = z.shape[0]
+    t = float(temperature)
+    S = zn @ zn.T / t
+    S[np.arange(m), np.arange(m)] = -np.inf          # exp(-inf) = 0: j != i
+    target = (np.arange(m) + m // 2) % m
+    value, dS = _pw_ce_rows(S, target, reduction)
+    if not return_grad:
+        return value
+    g = _pw_normalize_grad(zn, r, den, (dS + dS.T) @ zn / t)
+    return value, (g[: m // 2], g[m // 2:])

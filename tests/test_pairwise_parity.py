@@ -193,6 +193,17 @@ def test_triplet_one_dimensional_inputs(backend):
               np.float64, 3)
 
 
+@pytest.mark.parametrize("backend", HOST)
+def test_triplet_kinks_follow_torch(backend):
+    """Exact kinks, eps = 0: margin + d_ap - d_an = 0 (the gradient passes, as
+    torch's clamp_min) and a swap tie d(a, n) = d(p, n) (half to each)."""
+    a = np.array([[0.0, 0.0], [0.0, 0.0]])
+    p = np.array([[0.5, 0.0], [1.0, 0.0]])
+    n = np.array([[1.0, 0.0], [0.5, 0.0]])
+    check("triplet_margin_loss", (a, p, n), dict(margin=0.0, eps=0.0, swap=True,
+                                                 reduction="sum"), backend, np.float64, 3)
+
+
 # ------------------------------------------------------------------ determinism, ISA paths
 @pytest.mark.parametrize("backend", C_ONLY)
 def test_same_bits_for_any_thread_count(backend):

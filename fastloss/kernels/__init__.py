@@ -264,9 +264,11 @@ triplet_rows(anchor, positive, negative, margin, p, eps, swap, want_grad, gain)
   torch.nn.functional.triplet_margin_loss per row: with
   dist(u, v) = ||u - v + eps||_p (torch's pairwise_distance: eps added to
   the difference, p > 0), d_ap = dist(a, p), d_an = dist(a, n), with swap
-  d_an = min(d_an, dist(p, n)) (at a tie the first); loss = max(margin +
-  d_ap - d_an, 0); grads = gain * d loss / d (a, p, n) per row (0 where
-  loss == 0; the p-norm's gradient sign(v)|v|^(p-1) / ||v||^(p-1), 0 at v = 0).
+  d_an = min(d_an, dist(p, n)) (at a tie half the gradient to each, as
+  torch.min); loss = max(margin + d_ap - d_an, 0); grads = gain * d loss /
+  d (a, p, n) per row (0 where margin + d_ap - d_an < 0; at exactly 0 the
+  gradient passes, as torch's clamp_min; the p-norm's gradient
+  sign(v)|v|^(p-1) / ||v||^(p-1), 0 at v = 0).
 
 info_nce_paired(q, k, neg, scale, want_grad, gain)
   -> (loss float64 (N,), grads (gq, gk, gneg) or None): q, k (N, D), neg
@@ -281,7 +283,7 @@ numpy versions in fastloss.losses.pairwise; numba_cuda has its own):
       a zero row stays zero), written into ``out`` (N, D) when given (a view
       of a larger array) and returned
   normalize_rows_backward(g, xhat, norm, eps) -> dx (dtype, new array):
-      (g - xhat (xhat . g)) / norm where norm > eps, else g / eps
+      (g - xhat (xhat . g)) / norm where norm >= eps, else g / eps
   row_dots(a, b) -> float64 (N,): sum_d a_id b_id, accumulated in float64
   scaled_copy(out, a, coef) -> None: out = coef * a per row, coef a float or
       a float64 (N,) array, computed in float64, stored in the dtype

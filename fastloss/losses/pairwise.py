@@ -51,7 +51,7 @@ def _normalize_rows(x, eps, out=None):
 
 def _normalize_rows_backward(g, xhat, norm, eps):
     g64, u = g.astype(np.float64), xhat.astype(np.float64)
-    big = norm > eps
+    big = norm >= eps          # torch: clamp_min passes the gradient at eps
     proj = np.einsum("ij,ij->i", g64, u)
     dx = np.where(big[:, None], (g64 - u * proj[:, None]) / np.where(big, norm, 1.0)[:, None],
                   g64 / eps)
@@ -356,12 +356,16 @@ def triplet_margin_loss(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e
     d_an = d(a, n), or with swap min(d(a, n), d(p, n)).
 
     anchor, positive, negative : arrays (N, D) or (D,), one shape, one dtype
-    margin : float >= 0;  p : float > 0 (the norm);  eps : float >= 0
+    margin : float >= 0 (torch raises for 0; here 0 is a plain ranking loss)
+    p : float > 0, the norm (torch accepts p <= 0 and computes something)
+    eps : float >= 0
     reduction : "mean" | "sum" | "none" ((N,), or 0-d for (D,) inputs)
     return_grad : bool
-        Also return (d/d anchor, d/d positive, d/d negative).  The p-norm's
-        gradient at a zero difference is 0 (it is the subgradient torch uses
-        for p = 2 and eps = 0).
+        Also return (d/d anchor, d/d positive, d/d negative), with torch's
+        rules at the kinks: the gradient passes where margin + d_ap - d_an is
+        exactly 0 (clamp_min), half of it goes to each distance at a swap
+        tie d(a, n) = d(p, n) (torch.min), and the p-norm's gradient at a
+        zero difference is 0.
 
     Example::
 
