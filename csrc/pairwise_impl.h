@@ -235,8 +235,9 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
             for (int64_t j = 0; j < nbt; j++) {
                 const int same = lab[j0 + j] == li;
                 const T up = w[j] - pm, un = nm - w[j];
-                lp[j] = same && up > 0 ? up : (T)0;
-                ln[j] = !same && un > 0 ? un : (T)0;
+                /* relu that keeps NaN (as torch's), counted only where > 0 */
+                lp[j] = same ? (up < 0 ? (T)0 : up) : (T)0;
+                ln[j] = !same ? (un < 0 ? (T)0 : un) : (T)0;
                 cp[j] = lp[j] > 0 ? (T)1 : (T)0;
                 cn[j] = ln[j] > 0 ? (T)1 : (T)0;
             }
@@ -464,7 +465,7 @@ FL_ATTR static void PW(triplet_row)(const fl_pair_rows_args *A, int64_t i, doubl
         }
     }
     const double z = A->margin + dap - dneg;
-    A->loss[i] = z > 0 ? z : 0.0;
+    A->loss[i] = z < 0 ? 0.0 : z;      /* NaN stays NaN, as torch's clamp_min */
     if (!grad)
         return;
     T *ga = (T *)A->ga + i * D, *gp = (T *)A->gp + i * D, *gn = (T *)A->gn + i * D;

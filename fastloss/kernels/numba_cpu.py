@@ -1352,3 +1352,398 @@ def boxes(call):
     total = float(partials.sum())
     return (total * call.total_scale, out if call.want_out else None,
             grad if call.want_grad else None)
+
+
+# ---- pairwise ----
+# The pairwise (representation-learning) kernels of kernels.PAIRWISE: pair_*
+# (tiles of the Gram matrix), triplet_rows and info_nce_paired (row kernels).
+# The per-pair / per-row math is ._pairmath's, the source the CUDA kernels
+# compile too.  (The row glue of the contract is the loss layer's NumPy code
+# on the host backends.)
+#
+# Tiles: PAIR_TR rows of a x PAIR_TC rows of b.  prange runs over the row tiles
+# (the unit of work); a unit walks its column tiles in column order: the Gram
+# tile G = a[rows] b[cols]^T is computed in the dtype (loop order row, d,
+# column: the inner loop over columns is contiguous in b^T -- a (D, Nb) copy
+# made once per call -- and vectorises) and copied into a float64 tile, then
+# each row of that tile is used by a ._pairmath tile-row function carrying the
+# row's float64 state (running lse, sums, argmax / argmin) from tile to tile.
+# The product kernels (pair_softmax_product, pair_contrastive_grad) overwrite
+# the tile with the weights (P or W), round them to the dtype, multiply the
+# tile row with the b tile in the dtype and add that into the unit's float64
+# (rows, D) accumulator (the sum of W for the gradient's x_i term is taken
+# from the rounded weights).  A row is owned by one unit and its tiles come in
+# a fixed order, so every result depends on the shape only, never on the
+# thread count; nothing of size (Na, Nb) is allocated (but pair_matrix's
+# output).  The float64 squared row norms are computed on the host (NumPy,
+# once per call).
+#
+# Compile budget: ONE tile kernel per input dtype for the six pair_*
+# functions (the function and the metric are run-time codes; the tile-row
+# functions see float64 tiles only, so they compile once for both dtypes), and
+# one kernel per dtype for each of the two row kernels.
+# ---------------------------------------------------------------------------
+
+PAIR_TR = 64         # rows of a per tile: the unit of work
+PAIR_TC = 256        # rows of b (columns of the Gram matrix) per tile
+PAIR_ROW_BLOCK = 64  # rows per prange iteration of info_nce_paired
+
+# tile-kernel modes
+P_MATRIX, P_LSE, P_SOFTMAX, P_STATS, P_GRAD, P_HARDEST = range(6)
+
+
+def _pair_math():
+    import numba
+
+    from . import _numba_vmath, _pairmath
+    return _built.get("pairmath", lambda: _pairmath.compile_for(
+        numba.njit(inline="always", error_model="numpy"),
+        numba.njit(nogil=True, error_model="numpy"),
+        {"exp": _numba_vmath.exp, "log": _numba_vmath.log}))
+
+
+def _build_pair_tiles(parallel):
+    import numba
+
+    from . import _pairmath
+    pm = _pair_math()
+    matrix_tile, lse_tile, softmax_tile = pm["matrix_tile"], pm["lse_tile"], pm["softmax_tile"]
+    stats_tile, weight_tile, hardest_tile = (pm["stats_tile"], pm["weight_tile"],
+                                             pm["hardest_tile"])
+    lse_finish = pm["lse_finish"]
+    jit = numba.njit(nogil=True, error_model="numpy")
+    TR, TC = PAIR_TR, PAIR_TC
+    COSINE = _pairmath.COSINE
+
+    @jit
+    def gram(a, bT, r0, nr, c0, nc, G):
+        """G[r, j] = a[r0 + r] . b[c0 + j] in the dtype, d in order."""
+        D = a.shape[1]
+        for r in range(nr):
+            gr = G[r, :nc]
+            for j in range(nc):
+                gr[j] = 0.0
+            ar = a[r0 + r]
+            for d in range(D):
+                av = ar[d]
+                br = bT[d, c0:c0 + nc]
+                for j in range(nc):
+                    gr[j] += av * br[j]
+
+    @jit
+    def widen(G, nr, nc, Gd):
+        """Gd = G (float64) over the tile's (nr, nc)."""
+        for r in range(nr):
+            gr = G[r, :nc]
+            dr = Gd[r, :nc]
+            for j in range(nc):
+                dr[j] = gr[j]
+
+    @jit
+    def product(Gd, G, r, nc, c0, b, tp, acc):
+        """Row r of the weights Gd rounded to the dtype (into G), then acc[r] +=
+        sum_j G[r, j] b[c0 + j]: the tile's sum in the dtype (tp), added in float64.
+        Returns the sum of the rounded weights (float64)."""
+        D = b.shape[1]
+        gr = G[r, :nc]
+        dr = Gd[r, :nc]
+        sw = 0.0
+        for j in range(nc):
+            gr[j] = dr[j]
+            sw += np.float64(gr[j])
+        for d in range(D):
+            tp[d] = 0.0
+        for j in range(nc):
+            w = gr[j]
+            br = b[c0 + j]
+            for d in range(D):
+                tp[d] += w * br[d]
+        ar = acc[r]
+        for d in range(D):
+            ar[d] += np.float64(tp[d])
+        return sw
+
+    @jit
+    def unit(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, excl, lab, nA, nB, out,
+             res, idx, t):
+        Na, D = a.shape
+        Nb = b.shape[0]
+        r0 = t * TR
+        nr = min(TR, Na - r0)
+        G = np.empty((TR, TC), a.dtype)
+        Gd = np.empty((TR, TC))
+        prod = mode == P_SOFTMAX or mode == P_GRAD
+        acc = np.zeros((nr if prod else 1, D))
+        tp = np.empty(D, a.dtype)
+        st = np.zeros((nr, 4))      # per-row float64 state
+        ji = np.full((nr, 2), -1, np.int64)
+        if mode == P_LSE:
+            for r in range(nr):
+                st[r, 0] = -np.inf
+        for c0 in range(0, Nb, TC):
+            nc = min(TC, Nb - c0)
+            gram(a, bT, r0, nr, c0, nc, G)
+            widen(G, nr, nc, Gd)
+            for r in range(nr):
+                gi = r0 + r
+                if mode == P_MATRIX:
+                    matrix_tile(Gd, r, nc, c0, gi, nA[gi], nB, metric, same, out)
+                elif mode == P_LSE:
+                    m, s = lse_tile(Gd, r, nc, c0, gi, excl, p0, st[r, 0], st[r, 1])
+                    st[r, 0] = m
+                    st[r, 1] = s
+                elif mode == P_SOFTMAX:
+                    softmax_tile(Gd, r, nc, c0, gi, excl, p0, rs[gi], cs)
+                    product(Gd, G, r, nc, c0, b, tp, acc)
+                elif mode == P_GRAD:
+                    weight_tile(Gd, r, nc, c0, gi, nA[gi], nB, lab[gi], lab, metric, p0, p1, p2,
+                                p3)
+                    st[r, 0] += product(Gd, G, r, nc, c0, b, tp, acc)
+                elif mode == P_STATS:
+                    s0, s1, s2, s3 = stats_tile(Gd, r, nc, c0, gi, nA[gi], nB, lab[gi], lab,
+                                                metric, p0, p1, st[r, 0], st[r, 1], st[r, 2],
+                                                st[r, 3])
+                    st[r, 0] = s0
+                    st[r, 1] = s1
+                    st[r, 2] = s2
+                    st[r, 3] = s3
+                else:
+                    bp, ip, bn, jn = hardest_tile(Gd, r, nc, c0, gi, nA[gi], nB, lab[gi], lab,
+                                                  metric, st[r, 0], ji[r, 0], st[r, 2], ji[r, 1])
+                    st[r, 0] = bp
+                    ji[r, 0] = ip
+                    st[r, 2] = bn
+                    ji[r, 1] = jn
+        for r in range(nr):
+            gi = r0 + r
+            if mode == P_LSE:
+                res[gi, 0] = lse_finish(st[r, 0], st[r, 1])
+            elif mode == P_STATS:
+                for k in range(4):
+                    res[gi, k] = st[r, k]
+            elif mode == P_HARDEST:
+                idx[gi, 0] = ji[r, 0]
+                idx[gi, 1] = ji[r, 1]
+            elif mode == P_SOFTMAX:      # p1: gain
+                for d in range(D):
+                    out[gi, d] = np.float64(out[gi, d]) + p1 * acc[r, d]
+            elif mode == P_GRAD:
+                sw = st[r, 0]
+                if metric == COSINE:
+                    for d in range(D):
+                        out[gi, d] = -acc[r, d]
+                else:
+                    for d in range(D):
+                        out[gi, d] = np.float64(a[gi, d]) * sw - acc[r, d]
+
+    @numba.njit(parallel=parallel, nogil=True)
+    def kernel(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, excl, lab, nA, nB, out,
+               res, idx):
+        for t in numba.prange((a.shape[0] + TR - 1) // TR):
+            unit(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, excl, lab, nA, nB, out,
+                 res, idx, np.int64(t))
+    kernel.unit = unit   # for inspection
+    return kernel
+
+
+def _build_pair_rows(parallel):
+    import numba
+
+    pm = _pair_math()
+    triplet_row, info_nce_row = pm["triplet_row"], pm["info_nce_row"]
+    RB = PAIR_ROW_BLOCK
+
+    @numba.njit(parallel=parallel, nogil=True)
+    def triplet(an, po, ne, margin, p, eps, swap, want_grad, gain, loss, ga, gp, gn):
+        N, D = an.shape
+        for i in numba.prange(N):
+            loss[i] = triplet_row(an, po, ne, np.int64(i), D, margin, p, eps, swap, want_grad,
+                                  gain, ga, gp, gn)
+
+    @numba.njit(parallel=parallel, nogil=True)
+    def info_nce(q, k, ne, scale, want_grad, gain, loss, gq, gk, gneg):
+        N, D = q.shape
+        M = ne.shape[1]
+        for t in numba.prange((N + RB - 1) // RB):
+            acc = np.empty((1, D))
+            for i in range(t * RB, min(N, (t + 1) * RB)):
+                loss[i] = info_nce_row(q, k, ne, np.int64(i), D, M, scale, want_grad, gain, gq,
+                                       gk, gneg, acc, 0)
+    return triplet, info_nce
+
+
+def _pair_parallel():
+    """Whether to run the parallel variant (not in a forked child), the threads set."""
+    global _threads_started
+    parallel = not _forked_child
+    if parallel:
+        _apply_thread_count()
+        _threads_started = True
+    return parallel
+
+
+def _pair_array(name, x, ndim=2):
+    """x as a C-contiguous float32 / float64 array of ``ndim`` dims (a copy only if
+    it is not one already); D >= 1."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected float32 or float64, got {x.dtype}")
+    if x.ndim != ndim or x.shape[-1] < 1:
+        raise ValueError(f"{name}: expected {ndim} dimensions, the last >= 1, got shape "
+                         f"{x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _pair_operands(a, b):
+    """(a, b, same) checked: one dtype, one width; ``same`` when b is a."""
+    same = b is a
+    a = _pair_array("a", a)
+    b = a if same else _pair_array("b", b)
+    if b.dtype != a.dtype:
+        raise TypeError(f"b: expected {a.dtype} like a, got {b.dtype}")
+    if b.shape[1] != a.shape[1]:
+        raise ValueError(f"b: expected width {a.shape[1]} like a, got {b.shape[1]}")
+    return a, b, same
+
+
+def _pair_labels(labels, n):
+    lab = np.ascontiguousarray(labels, dtype=np.int64)
+    if lab.shape != (n,):
+        raise ValueError(f"labels: expected shape ({n},), got {np.shape(labels)}")
+    return lab
+
+
+def _pair_shift(name, shift, n):
+    if shift is None:
+        return np.zeros(n, np.float64)
+    shift = np.ascontiguousarray(shift, dtype=np.float64)
+    if shift.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {shift.shape}")
+    return shift
+
+
+def _pair_sqnorms(x):
+    """float64 |x_i|^2 per row (NumPy: a fixed order, no threads)."""
+    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
+
+
+def _pair_tiles(mode, a, b, same, metric=0, params=(0.0, 0.0, 0.0, 0.0), rs=None, cs=None,
+                excl=False, lab=None, out=None, res=None, idx=None):
+    dtype = a.dtype
+    parallel = _pair_parallel()
+    kernel = _built.get(("pair_tiles", parallel), lambda: _build_pair_tiles(parallel))
+    bT = np.ascontiguousarray(b.T)
+    nA = _pair_sqnorms(a)
+    nB = nA if same else _pair_sqnorms(b)
+    kernel(np.int64(mode), a, b, bT, bool(same), np.int64(metric),
+           *(float(p) for p in params),
+           np.zeros(a.shape[0]) if rs is None else rs,
+           np.zeros(b.shape[0]) if cs is None else cs, bool(excl),
+           np.zeros(1, np.int64) if lab is None else lab, nA, nB,
+           np.zeros((1, 1), dtype) if out is None else out,
+           np.zeros((1, 4)) if res is None else res,
+           np.zeros((1, 2), np.int64) if idx is None else idx)
+
+
+def pair_matrix(a, b, metric):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    a, b, same = _pair_operands(a, b)
+    out = np.empty((a.shape[0], b.shape[0]), a.dtype)
+    _pair_tiles(P_MATRIX, a, b, same, metric=code, out=out)
+    return out
+
+
+def pair_lse(a, b, scale, exclude_diag):
+    a, b, same = _pair_operands(a, b)
+    res = np.empty((a.shape[0], 4))
+    _pair_tiles(P_LSE, a, b, same, params=(scale, 0.0, 0.0, 0.0), excl=exclude_diag, res=res)
+    return np.ascontiguousarray(res[:, 0])
+
+
+def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out):
+    a, b, same = _pair_operands(a, b)
+    if not isinstance(out, np.ndarray) or out.dtype != a.dtype or out.shape != a.shape:
+        raise ValueError(f"out: expected a {a.dtype} array of shape {a.shape}, got "
+                         f"{getattr(out, 'dtype', type(out))} {np.shape(out)}")
+    rs = _pair_shift("row_shift", row_shift, a.shape[0])
+    cs = _pair_shift("col_shift", col_shift, b.shape[0])
+    work = out if out.flags.c_contiguous else np.ascontiguousarray(out)
+    _pair_tiles(P_SOFTMAX, a, b, same, params=(scale, gain, 0.0, 0.0), rs=rs, cs=cs,
+                excl=exclude_diag, out=work)
+    if work is not out:
+        out[...] = work
+
+
+def pair_contrastive_stats(x, labels, metric, pos_margin, neg_margin):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    x = _pair_array("x", x)
+    lab = _pair_labels(labels, x.shape[0])
+    res = np.empty((x.shape[0], 4))
+    _pair_tiles(P_STATS, x, x, True, metric=code, params=(pos_margin, neg_margin, 0.0, 0.0),
+                lab=lab, res=res)
+    return res
+
+
+def pair_contrastive_grad(x, labels, metric, pos_margin, neg_margin, cpos, cneg):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    x = _pair_array("x", x)
+    lab = _pair_labels(labels, x.shape[0])
+    grad = np.empty_like(x)
+    _pair_tiles(P_GRAD, x, x, True, metric=code,
+                params=(pos_margin, neg_margin, cpos, cneg), lab=lab, out=grad)
+    return grad
+
+
+def pair_hardest(x, labels, metric):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    x = _pair_array("x", x)
+    lab = _pair_labels(labels, x.shape[0])
+    idx = np.empty((x.shape[0], 2), np.int64)
+    _pair_tiles(P_HARDEST, x, x, True, metric=code, lab=lab, idx=idx)
+    return np.ascontiguousarray(idx[:, 0]), np.ascontiguousarray(idx[:, 1])
+
+
+def triplet_rows(anchor, positive, negative, margin, p, eps, swap, want_grad, gain):
+    an = _pair_array("anchor", anchor)
+    po = _pair_array("positive", positive)
+    ne = _pair_array("negative", negative)
+    if po.shape != an.shape or ne.shape != an.shape or po.dtype != an.dtype \
+            or ne.dtype != an.dtype:
+        raise ValueError(f"anchor, positive, negative: expected one shape and dtype, got "
+                         f"{an.shape} {an.dtype}, {po.shape} {po.dtype}, {ne.shape} {ne.dtype}")
+    n = an.shape[0]
+    loss = np.empty(n)
+    if want_grad:
+        ga, gp, gn = (np.empty_like(an) for _ in range(3))
+    else:
+        ga = gp = gn = np.zeros((1, 1), an.dtype)
+    parallel = _pair_parallel()
+    triplet, _ = _built.get(("pair_rows", parallel), lambda: _build_pair_rows(parallel))
+    triplet(an, po, ne, float(margin), float(p), float(eps), bool(swap), bool(want_grad),
+            float(gain), loss, ga, gp, gn)
+    return loss, ((ga, gp, gn) if want_grad else None)
+
+
+def info_nce_paired(q, k, neg, scale, want_grad, gain):
+    q = _pair_array("q", q)
+    k = _pair_array("k", k)
+    ne = _pair_array("neg", neg, ndim=3)
+    n, D = q.shape
+    if k.shape != q.shape or ne.shape[0] != n or ne.shape[2] != D or k.dtype != q.dtype \
+            or ne.dtype != q.dtype:
+        raise ValueError(f"q, k, neg: expected (N, D), (N, D), (N, M, D) of one dtype, got "
+                         f"{q.shape} {q.dtype}, {k.shape} {k.dtype}, {ne.shape} {ne.dtype}")
+    loss = np.empty(n)
+    if want_grad:
+        gq, gk, gneg = np.empty_like(q), np.empty_like(k), np.empty_like(ne)
+    else:
+        gq = gk = np.zeros((1, 1), q.dtype)
+        gneg = np.zeros((1, 1, 1), q.dtype)
+    parallel = _pair_parallel()
+    _, info_nce = _built.get(("pair_rows", parallel), lambda: _build_pair_rows(parallel))
+    info_nce(q, k, ne, float(scale), bool(want_grad), float(gain), loss, gq, gk, gneg)
+    return loss, ((gq, gk, gneg) if want_grad else None)

@@ -980,3 +980,759 @@ def box_values(array, index: int) -> np.ndarray:
     """The four coordinates of box ``index`` of a device array of boxes, on the host
     (for error messages)."""
     return _flat_device(array)[4 * index:4 * index + 4].copy_to_host()
+
+
+# ---- pairwise ----
+# The pairwise (representation-learning) kernels of kernels.PAIRWISE on the
+# GPU: the pair_* kernels, triplet_rows, info_nce_paired and the row glue
+# (normalize_rows, ..., pair_rows_grad).  The per-pair / per-row math is
+# ._pairmath's, the source the CPU kernels compile too.
+#
+# pair_* kernels: a 2-D grid of blocks, x: a row tile of TR rows of a,
+# y: a column split (a range of consecutive column tiles of b, their number
+# fixed by the shape).  For each of its column tiles in order, the block
+# computes the Gram tile (in the dtype, d in order) into shared memory: the
+# tile's rows of a and b staged through shared memory a few widths at a time,
+# each thread summing its fixed entries in registers; then thread r < TR
+# walks row r of the tile in column order with the ._pairmath tile-row
+# function, carrying its row's float64 state (lse, sums, argmax / argmin) in
+# registers.  The product kernels replace the tile by the weights (P or W, in
+# the dtype) and multiply it with the b tile: thread-owned entries (r, d) of
+# the row tile, the tile's sum over columns in the dtype, added into a float64
+# per-split accumulator (S, Na, D).  Each split writes its own partials (no
+# atomics), and a fold kernel combines the splits in split order (lse merged,
+# sums added, ties of argmax / argmin to the earlier split), so every result
+# depends on the shape only (and on the geometry, fixed per build: small under
+# the simulator, where two splits exercise the fold).  Nothing of size
+# (Na, Nb) is allocated but pair_matrix's output.
+#
+# Row kernels and row glue: one thread per row (grid-stride), or per element
+# (scaled_copy, the per-element gradient of pair_rows_grad).  pair_rows_grad
+# is a gather: the host builds the CSR of each row's incident pairs (a stable
+# argsort of the 2K pair ends), a kernel computes each pair's factor, and one
+# thread per output element (row, d) adds its row's incident contributions in
+# CSR order in float64: no atomics.
+#
+# Compile budget: the tile kernels are built once per input dtype (their shared
+# tile and accumulators are typed); the mode (which pair_* function) and the
+# metric are run-time codes.
+# ---------------------------------------------------------------------------
+
+P_MATRIX, P_LSE, P_SOFTMAX, P_STATS, P_GRAD, P_HARDEST = range(6)
+PAIR_PARTIAL_BYTES = 1 << 28   # most bytes of the product kernels' per-split accumulators
+
+
+def _pair_geometry():
+    """(threads per block, rows per tile, columns per tile, target number of blocks, widths
+    per staged chunk of the Gram tile).  Tiles of TR x TC entries, TR*TC a multiple of the
+    threads; the shared memory (the tile and the staged chunks, float64: 40.6 KiB) stays
+    under the 48 KiB of a static allocation."""
+    return (8, 8, 8, 2, 4) if _simulated() else (256, 64, 64, 512, 8)
+
+
+def _pair_math():
+    from . import _pairmath
+    return _built.get("pairmath", lambda: _pairmath.compile_for(cuda.jit(device=True)))
+
+
+def _pair_splits(na, nb, row_bytes=0):
+    """(row tiles, splits S, column tiles per split, column tiles) for an (na, nb) pass."""
+    threads, TR, TC, target, _ = _pair_geometry()
+    rt = (na + TR - 1) // TR
+    ntc = (nb + TC - 1) // TC
+    S = 2 if _simulated() else (target + rt - 1) // rt
+    if row_bytes:
+        S = min(S, max(1, PAIR_PARTIAL_BYTES // max(1, na * row_bytes)))
+    S = max(1, min(S, ntc))
+    tps = (ntc + S - 1) // S
+    return rt, (ntc + tps - 1) // tps, tps, ntc
+
+
+def _build_pair_tiles(dt):
+    """The tile kernels for input dtype ``dt`` (a numba type)."""
+    from . import _pairmath
+
+    pm = _pair_math()
+    matrix_pair = pm["pair_distance"]
+    lse_tile, softmax_tile, stats_tile = pm["lse_tile"], pm["softmax_tile"], pm["stats_tile"]
+    weight_tile, hardest_tile = pm["weight_tile"], pm["hardest_tile"]
+    lse_merge, lse_finish, better = pm["lse_merge"], pm["lse_finish"], pm["better"]
+    threads, TR, TC, _, DK = _pair_geometry()
+    EPT = (TR * TC) // threads      # tile entries per thread
+    COSINE = _pairmath.COSINE
+    NINF = _pairmath.NINF
+
+    @cuda.jit(device=True)
+    def gram(G, a, b, r0, nr, c0, nc):
+        """G[r, j] = a[r0 + r] . b[c0 + j] in the dtype, d in order: the rows of a and b
+        staged through shared memory DK widths at a time (coalesced loads), thread tid
+        owning the entries tid + k * threads of the tile, their sums in registers."""
+        As = cuda.shared.array((TR, DK), dt)
+        Bs = cuda.shared.array((TC, DK + 1), dt)     # padded: no bank conflicts
+        acc = cuda.local.array(EPT, dt)
+        tid = cuda.threadIdx.x
+        D = a.shape[1]
+        for k in range(EPT):
+            acc[k] = 0.0
+        for d0 in range(0, D, DK):
+            dk = min(DK, D - d0)
+            e = tid
+            while e < TR * DK:
+                r = e // DK
+                q = e - r * DK
+                if r < nr and q < dk:
+                    As[r, q] = a[r0 + r, d0 + q]
+                e += threads
+            e = tid
+            while e < TC * DK:
+                j = e // DK
+                q = e - j * DK
+                if j < nc and q < dk:
+                    Bs[j, q] = b[c0 + j, d0 + q]
+                e += threads
+            cuda.syncthreads()
+            for k in range(EPT):
+                e = tid + k * threads
+                r = e // TC
+                j = e - r * TC
+                if r < nr and j < nc:
+                    g = acc[k]
+                    for q in range(dk):
+                        g += As[r, q] * Bs[j, q]
+                    acc[k] = g
+            cuda.syncthreads()
+        for k in range(EPT):
+            e = tid + k * threads
+            r = e // TC
+            j = e - r * TC
+            if r < nr and j < nc:
+                G[r, j] = acc[k]
+
+    @cuda.jit
+    def matrix_kernel(a, b, same, metric, nA, nB, out):
+        Na, D = a.shape
+        Nb = b.shape[0]
+        e = cuda.grid(1)
+        while e < Na * Nb:
+            i = e // Nb
+            j = e - i * Nb
+            g = dt(0.0)
+            for d in range(D):
+                g += a[i, d] * b[j, d]
+            v = matrix_pair(float64(g), nA[i], nB[j], metric)
+            out[i, j] = 0.0 if (same and i == j) else v
+            e += cuda.gridsize(1)
+
+    @cuda.jit
+    def rows_kernel(mode, a, b, excl, metric, scale, pm_, nm_, lab, nA, nB, tps, ntc, parts,
+                    iparts):
+        G = cuda.shared.array((TR, TC), dt)
+        tid = cuda.threadIdx.x
+        Na = a.shape[0]
+        Nb = b.shape[0]
+        r0 = cuda.blockIdx.x * TR
+        nr = min(TR, Na - r0)
+        s = cuda.blockIdx.y
+        t_lo = s * tps
+        t_hi = min(t_lo + tps, ntc)
+        gi = r0 + tid
+        mine = tid < nr
+        labelled = mode != P_LSE
+        yi = lab[gi] if (mine and labelled) else 0
+        ni = nA[gi] if mine else 0.0
+        v0 = NINF if mode == P_LSE else 0.0
+        v1 = 0.0
+        v2 = 0.0
+        v3 = 0.0
+        j0 = -1
+        j1 = -1
+        for t in range(t_lo, t_hi):
+            c0 = t * TC
+            nc = min(TC, Nb - c0)
+            gram(G, a, b, r0, nr, c0, nc)
+            cuda.syncthreads()
+            if mine:
+                if mode == P_LSE:
+                    v0, v1 = lse_tile(G, tid, nc, c0, gi, excl, scale, v0, v1)
+                elif mode == P_STATS:
+                    v0, v1, v2, v3 = stats_tile(G, tid, nc, c0, gi, ni, nB, yi, lab, metric, pm_,
+                                                nm_, v0, v1, v2, v3)
+                else:
+                    v0, j0, v2, j1 = hardest_tile(G, tid, nc, c0, gi, ni, nB, yi, lab, metric,
+                                                  v0, j0, v2, j1)
+            cuda.syncthreads()
+        if mine:
+            parts[s, gi, 0] = v0
+            parts[s, gi, 1] = v1
+            parts[s, gi, 2] = v2
+            parts[s, gi, 3] = v3
+            iparts[s, gi, 0] = j0
+            iparts[s, gi, 1] = j1
+
+    @cuda.jit
+    def rows_fold(mode, S, parts, iparts, res, idx):
+        i = cuda.grid(1)
+        while i < parts.shape[1]:
+            if mode == P_LSE:
+                m = NINF
+                sm = 0.0
+                for k in range(S):
+                    m, sm = lse_merge(m, sm, parts[k, i, 0], parts[k, i, 1])
+                res[i, 0] = lse_finish(m, sm)
+            elif mode == P_STATS:
+                for c in range(4):
+                    v = 0.0
+                    for k in range(S):
+                        v += parts[k, i, c]
+                    res[i, c] = v
+            else:
+                bp = 0.0
+                ip = -1
+                bn = 0.0
+                jn = -1
+                for k in range(S):
+                    if iparts[k, i, 0] >= 0 and better(parts[k, i, 0], bp, ip, True):
+                        bp = parts[k, i, 0]
+                        ip = iparts[k, i, 0]
+                    if iparts[k, i, 1] >= 0 and better(parts[k, i, 2], bn, jn, False):
+                        bn = parts[k, i, 2]
+                        jn = iparts[k, i, 1]
+                idx[i, 0] = ip
+                idx[i, 1] = jn
+            i += cuda.gridsize(1)
+
+    @cuda.jit
+    def prod_kernel(mode, a, b, excl, metric, scale, rs, cs, pm_, nm_, cpos, cneg, lab, nA, nB,
+                    tps, ntc, acc, sw):
+        G = cuda.shared.array((TR, TC), dt)
+        tid = cuda.threadIdx.x
+        Na, D = a.shape
+        Nb = b.shape[0]
+        r0 = cuda.blockIdx.x * TR
+        nr = min(TR, Na - r0)
+        s = cuda.blockIdx.y
+        t_lo = s * tps
+        t_hi = min(t_lo + tps, ntc)
+        gi = r0 + tid
+        mine = tid < nr
+        softmax = mode == P_SOFTMAX
+        yi = lab[gi] if (mine and not softmax) else 0
+        ni = nA[gi] if mine else 0.0
+        rsi = rs[gi] if (mine and softmax) else 0.0
+        swacc = 0.0
+        for t in range(t_lo, t_hi):
+            c0 = t * TC
+            nc = min(TC, Nb - c0)
+            gram(G, a, b, r0, nr, c0, nc)
+            cuda.syncthreads()
+            if mine:
+                if softmax:
+                    softmax_tile(G, tid, nc, c0, gi, excl, scale, rsi, cs)
+                else:
+                    swacc += weight_tile(G, tid, nc, c0, gi, ni, nB, yi, lab, metric, pm_, nm_,
+                                         cpos, cneg)
+            cuda.syncthreads()
+            e = tid
+            while e < nr * D:      # entry (r, d) of the row tile's product
+                r = e // D
+                d = e - r * D
+                tp = dt(0.0)
+                for j in range(nc):
+                    tp += G[r, j] * b[c0 + j, d]
+                if t == t_lo:
+                    acc[s, r0 + r, d] = float64(tp)
+                else:
+                    acc[s, r0 + r, d] += float64(tp)
+                e += cuda.blockDim.x
+            cuda.syncthreads()
+        if mine:
+            sw[s, gi] = swacc
+
+    @cuda.jit
+    def prod_fold(mode, S, metric, gain, a, acc, sw, out):
+        Na, D = a.shape
+        e = cuda.grid(1)
+        while e < Na * D:
+            i = e // D
+            d = e - i * D
+            v = 0.0
+            for k in range(S):
+                v += acc[k, i, d]
+            if mode == P_SOFTMAX:
+                out[i, d] = float64(out[i, d]) + gain * v
+            elif metric == COSINE:
+                out[i, d] = -v
+            else:
+                w = 0.0
+                for k in range(S):
+                    w += sw[k, i]
+                out[i, d] = float64(a[i, d]) * w - v
+            e += cuda.gridsize(1)
+
+    return matrix_kernel, rows_kernel, rows_fold, prod_kernel, prod_fold
+
+
+def _build_pair_rows():
+    """The dtype-generic row kernels (Numba's dispatch compiles them per dtype)."""
+    from . import _pairmath
+
+    pm = _pair_math()
+    row_sqnorm, row_dot, rows_distance = pm["row_sqnorm"], pm["row_dot"], pm["rows_distance"]
+    normalize_row, normalize_backward_row = pm["normalize_row"], pm["normalize_backward_row"]
+    triplet_row, info_nce_row = pm["triplet_row"], pm["info_nce_row"]
+    EUCLIDEAN, SQEUCLIDEAN, COSINE = _pairmath.EUCLIDEAN, _pairmath.SQEUCLIDEAN, _pairmath.COSINE
+
+    @cuda.jit
+    def sqnorms(x, out):
+        i = cuda.grid(1)
+        while i < x.shape[0]:
+            out[i] = row_sqnorm(x, i, x.shape[1])
+            i += cuda.gridsize(1)
+
+    @cuda.jit
+    def normalize(x, eps, out, nrm):
+        i = cuda.grid(1)
+        while i < x.shape[0]:
+            nrm[i] = normalize_row(x, i, x.shape[1], eps, out)
+            i += cuda.gridsize(1)
+
+    @cuda.jit
+    def normalize_backward(g, xhat, nrm, eps, dx):
+        i = cuda.grid(1)
+        while i < g.shape[0]:
+            normalize_backward_row(g, xhat, i, g.shape[1], nrm[i], eps, dx)
+            i += cuda.gridsize(1)
+
+    @cuda.jit
+    def dots(a, b, out):
+        i = cuda.grid(1)
+        while i < a.shape[0]:
+            out[i] = row_dot(a, b, i, a.shape[1])
+            i += cuda.gridsize(1)
+
+    @cuda.jit
+    def scaled(out, a, coef, per_row, c):
+        N, D = a.shape
+        e = cuda.grid(1)
+        while e < N * D:
+            i = e // D
+            d = e - i * D
+            ci = coef[i] if per_row else c
+            out[i, d] = ci * float64(a[i, d])
+            e += cuda.gridsize(1)
+
+    @cuda.jit
+    def distances(x, pi, pj, metric, out):
+        k = cuda.grid(1)
+        while k < pi.size:
+            out[k] = rows_distance(x, pi[k], pj[k], x.shape[1], metric)
+            k += cuda.gridsize(1)
+
+    @cuda.jit
+    def factors(x, pi, pj, coef, metric, fac):
+        # d d / d x_u = fac (x_u - x_v) (euclidean, sqeuclidean) or fac x_v (cosine)
+        k = cuda.grid(1)
+        while k < pi.size:
+            if metric == EUCLIDEAN:
+                dk = rows_distance(x, pi[k], pj[k], x.shape[1], metric)
+                fac[k] = coef[k] / dk if dk > 0.0 else 0.0
+            elif metric == SQEUCLIDEAN:
+                fac[k] = 2.0 * coef[k]
+            else:
+                fac[k] = -coef[k]
+            k += cuda.gridsize(1)
+
+    @cuda.jit
+    def gather_grad(x, pi, pj, K, fac, rowptr, ends, metric, grad):
+        # grad[r, d]: row r's incident pair ends in CSR order, float64
+        N, D = x.shape
+        e = cuda.grid(1)
+        while e < N * D:
+            r = e // D
+            d = e - r * D
+            v = 0.0
+            xr = float64(x[r, d])
+            for q in range(rowptr[r], rowptr[r + 1]):
+                end = ends[q]
+                k = end if end < K else end - K
+                other = pj[k] if end < K else pi[k]
+                xo = float64(x[other, d])
+                if metric == COSINE:
+                    v += fac[k] * xo
+                else:
+                    v += fac[k] * (xr - xo)
+            grad[r, d] = v
+            e += cuda.gridsize(1)
+
+    @cuda.jit
+    def triplet(an, po, ne, margin, p, eps, swap, want_grad, gain, loss, ga, gp, gn):
+        i = cuda.grid(1)
+        while i < an.shape[0]:
+            loss[i] = triplet_row(an, po, ne, i, an.shape[1], margin, p, eps, swap, want_grad,
+                                  gain, ga, gp, gn)
+            i += cuda.gridsize(1)
+
+    @cuda.jit
+    def info_nce(q, k, ne, scale, want_grad, gain, loss, gq, gk, gneg, acc):
+        i = cuda.grid(1)
+        while i < q.shape[0]:
+            loss[i] = info_nce_row(q, k, ne, i, q.shape[1], ne.shape[1], scale, want_grad, gain,
+                                   gq, gk, gneg, acc, i if want_grad else 0)
+            i += cuda.gridsize(1)
+
+    return dict(sqnorms=sqnorms, normalize=normalize, normalize_backward=normalize_backward,
+                dots=dots, scaled=scaled, distances=distances, factors=factors,
+                gather_grad=gather_grad, triplet=triplet, info_nce=info_nce)
+
+
+def _pair_rows_kernels():
+    return _built.get("pair_rows", _build_pair_rows)
+
+
+def _pair_tile_kernels(dtype):
+    from numba import float32
+    dtype = np.dtype(dtype)
+    return _built.get(("pair_tiles", dtype.name), lambda: _build_pair_tiles(
+        float32 if dtype == np.float32 else float64))
+
+
+def _pair_device(name, x, ndim=2):
+    """x as a device array of float32 / float64 with ``ndim`` dims, the last >= 1."""
+    x = _as_device(x)
+    dtype = np.dtype(x.dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype}")
+    if x.ndim != ndim or x.shape[ndim - 1] < 1:   # (the simulator's shapes: no [-1])
+        raise ValueError(f"{name}: expected {ndim} dimensions, the last >= 1, got shape "
+                         f"{tuple(x.shape)}")
+    return x
+
+
+def _pair_operands(a, b):
+    same = b is a
+    a = _pair_device("a", a)
+    b = a if same else _pair_device("b", b)
+    if np.dtype(b.dtype) != np.dtype(a.dtype):
+        raise TypeError(f"b: expected {np.dtype(a.dtype)} like a, got {np.dtype(b.dtype)}")
+    if b.shape[1] != a.shape[1]:
+        raise ValueError(f"b: expected width {a.shape[1]} like a, got {b.shape[1]}")
+    return a, b, same
+
+
+def _host_vector(name, v, n, dtype):
+    """A host copy of an O(N) vector (host or device) as ``dtype``, of shape (n,)."""
+    if hasattr(v, "copy_to_host"):
+        v = v.copy_to_host()
+    elif hasattr(v, "__cuda_array_interface__"):
+        v = cuda.as_cuda_array(v).copy_to_host()
+    v = np.ascontiguousarray(v, dtype=dtype)
+    if n is not None and v.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {v.shape}")
+    return v
+
+
+def _pair_norms(x):
+    out = cuda.device_array(x.shape[0], np.float64)
+    if x.shape[0]:
+        threads, _ = _geometry()
+        _pair_rows_kernels()["sqnorms"][_blocks(x.shape[0]), threads](x, out)
+    return out
+
+
+def _pair_rows_pass(mode, a, b, same, excl=False, metric=0, scale=0.0, pm_=0.0, nm_=0.0,
+                    lab=None):
+    """(res (Na, 4) float64, idx (Na, 2) int64) on the host for LSE / STATS / HARDEST."""
+    na, nb = a.shape[0], b.shape[0]
+    res = np.zeros((na, 4))
+    idx = np.full((na, 2), -1, np.int64)
+    if mode == P_LSE:
+        res[:, 0] = -np.inf
+    if na == 0 or nb == 0:
+        return res, idx
+    threads, _ = _geometry()
+    _, rows_kernel, rows_fold, _, _ = _pair_tile_kernels(a.dtype)
+    rt, S, tps, ntc = _pair_splits(na, nb)
+    nA = _pair_norms(a)
+    nB = nA if same else _pair_norms(b)
+    d_lab = cuda.to_device(lab if lab is not None else np.zeros(1, np.int64))
+    parts = cuda.device_array((S, na, 4), np.float64)
+    iparts = cuda.device_array((S, na, 2), np.int64)
+    rows_kernel[(rt, S), threads](np.int64(mode), a, b, bool(excl), np.int64(metric),
+                                   float(scale), float(pm_), float(nm_), d_lab, nA, nB,
+                                   np.int64(tps), np.int64(ntc), parts, iparts)
+    d_res = cuda.device_array((na, 4), np.float64)
+    d_idx = cuda.device_array((na, 2), np.int64)
+    rows_fold[_blocks(na), threads](np.int64(mode), np.int64(S), parts, iparts, d_res, d_idx)
+    return d_res.copy_to_host(), d_idx.copy_to_host()
+
+
+def _pair_prod_pass(mode, a, b, excl, metric, scale, pm_, nm_, cpos, cneg, rs, cs, lab, gain,
+                    out):
+    """The product kernels: out += gain * P b (SOFTMAX) or out = the contrastive gradient."""
+    na, nb = a.shape[0], b.shape[0]
+    D = a.shape[1]
+    if na == 0:
+        return
+    threads, _ = _geometry()
+    _, _, _, prod_kernel, prod_fold = _pair_tile_kernels(a.dtype)
+    if nb == 0:
+        S, acc, sw = 1, cuda.to_device(np.zeros((1, na, D))), cuda.to_device(np.zeros((1, na)))
+    else:
+        rt, S, tps, ntc = _pair_splits(na, nb, D * 8)
+        nA = _pair_norms(a)
+        nB = nA if b is a else _pair_norms(b)
+        d_lab = cuda.to_device(lab if lab is not None else np.zeros(1, np.int64))
+        d_rs = cuda.to_device(rs if rs is not None else np.zeros(1))
+        d_cs = cuda.to_device(cs if cs is not None else np.zeros(1))
+        acc = cuda.device_array((S, na, D), np.float64)
+        sw = cuda.device_array((S, na), np.float64)
+        prod_kernel[(rt, S), threads](np.int64(mode), a, b, bool(excl), np.int64(metric),
+                                       float(scale), d_rs, d_cs, float(pm_), float(nm_),
+                                       float(cpos), float(cneg), d_lab, nA, nB, np.int64(tps),
+                                       np.int64(ntc), acc, sw)
+    prod_fold[_blocks(na * D), threads](np.int64(mode), np.int64(S), np.int64(metric),
+                                        float(gain), a, acc, sw, out)
+
+
+def pair_matrix(a, b, metric):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    a, b, same = _pair_operands(a, b)
+    na, nb = a.shape[0], b.shape[0]
+    out = cuda.device_array((na, nb), np.dtype(a.dtype))
+    if na and nb:
+        threads, _ = _geometry()
+        matrix_kernel = _pair_tile_kernels(a.dtype)[0]
+        nA = _pair_norms(a)
+        nB = nA if same else _pair_norms(b)
+        matrix_kernel[_blocks(na * nb), threads](a, b, bool(same), np.int64(code), nA, nB, out)
+    return out
+
+
+def pair_lse(a, b, scale, exclude_diag):
+    a, b, same = _pair_operands(a, b)
+    res, _ = _pair_rows_pass(P_LSE, a, b, same, excl=exclude_diag, scale=scale)
+    return np.ascontiguousarray(res[:, 0])
+
+
+def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out):
+    a, b, same = _pair_operands(a, b)
+    out = _as_device(out)
+    if np.dtype(out.dtype) != np.dtype(a.dtype) or tuple(out.shape) != tuple(a.shape):
+        raise ValueError(f"out: expected a {np.dtype(a.dtype)} array of shape "
+                         f"{tuple(a.shape)}, got {np.dtype(out.dtype)} {tuple(out.shape)}")
+    na, nb = a.shape[0], b.shape[0]
+    rs = np.zeros(na) if row_shift is None else _host_vector("row_shift", row_shift, na,
+                                                              np.float64)
+    cs = np.zeros(nb) if col_shift is None else _host_vector("col_shift", col_shift, nb,
+                                                              np.float64)
+    _pair_prod_pass(P_SOFTMAX, a, b, exclude_diag, 0, scale, 0.0, 0.0, 0.0, 0.0, rs, cs, None,
+                    gain, out)
+
+
+def _pair_labelled(x, labels):
+    x = _pair_device("x", x)
+    return x, _host_vector("labels", labels, x.shape[0], np.int64)
+
+
+def pair_contrastive_stats(x, labels, metric, pos_margin, neg_margin):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    x, lab = _pair_labelled(x, labels)
+    res, _ = _pair_rows_pass(P_STATS, x, x, True, metric=code, pm_=pos_margin, nm_=neg_margin,
+                             lab=lab)
+    return res
+
+
+def pair_contrastive_grad(x, labels, metric, pos_margin, neg_margin, cpos, cneg):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    x, lab = _pair_labelled(x, labels)
+    grad = cuda.device_array(tuple(x.shape), np.dtype(x.dtype))
+    _pair_prod_pass(P_GRAD, x, x, False, code, 0.0, pos_margin, neg_margin, cpos, cneg, None,
+                    None, lab, 0.0, grad)
+    return grad
+
+
+def pair_hardest(x, labels, metric):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    x, lab = _pair_labelled(x, labels)
+    _, idx = _pair_rows_pass(P_HARDEST, x, x, True, metric=code, lab=lab)
+    return np.ascontiguousarray(idx[:, 0]), np.ascontiguousarray(idx[:, 1])
+
+
+def triplet_rows(anchor, positive, negative, margin, p, eps, swap, want_grad, gain):
+    an = _pair_device("anchor", anchor)
+    po = _pair_device("positive", positive)
+    ne = _pair_device("negative", negative)
+    dtype = np.dtype(an.dtype)
+    for arr in (po, ne):
+        if tuple(arr.shape) != tuple(an.shape) or np.dtype(arr.dtype) != dtype:
+            raise ValueError(f"anchor, positive, negative: expected one shape and dtype, got "
+                             f"{tuple(an.shape)} {dtype}, {tuple(arr.shape)} "
+                             f"{np.dtype(arr.dtype)}")
+    n = an.shape[0]
+    if want_grad:
+        ga, gp, gn = (cuda.device_array(tuple(an.shape), dtype) for _ in range(3))
+    else:
+        ga = gp = gn = cuda.device_array((1, 1), dtype)
+    loss = cuda.device_array(n, np.float64)
+    if n:
+        threads, _ = _geometry()
+        _pair_rows_kernels()["triplet"][_blocks(n), threads](
+            an, po, ne, float(margin), float(p), float(eps), bool(swap), bool(want_grad),
+            float(gain), loss, ga, gp, gn)
+    return loss.copy_to_host(), ((ga, gp, gn) if want_grad else None)
+
+
+def info_nce_paired(q, k, neg, scale, want_grad, gain):
+    q = _pair_device("q", q)
+    k = _pair_device("k", k)
+    ne = _pair_device("neg", neg, ndim=3)
+    dtype = np.dtype(q.dtype)
+    n, D = q.shape
+    if (tuple(k.shape) != (n, D) or ne.shape[0] != n or ne.shape[2] != D
+            or np.dtype(k.dtype) != dtype or np.dtype(ne.dtype) != dtype):
+        raise ValueError(f"q, k, neg: expected (N, D), (N, D), (N, M, D) of one dtype, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(ne.shape)}")
+    if want_grad:
+        gq = cuda.device_array((n, D), dtype)
+        gk = cuda.device_array((n, D), dtype)
+        gneg = cuda.device_array(tuple(ne.shape), dtype)
+        acc = cuda.device_array((max(n, 1), D), np.float64)
+    else:
+        gq = gk = cuda.device_array((1, 1), dtype)
+        gneg = cuda.device_array((1, 1, 1), dtype)
+        acc = cuda.device_array((1, D), np.float64)
+    loss = cuda.device_array(n, np.float64)
+    if n:
+        threads, _ = _geometry()
+        _pair_rows_kernels()["info_nce"][_blocks(n), threads](
+            q, k, ne, float(scale), bool(want_grad), float(gain), loss, gq, gk, gneg, acc)
+    return loss.copy_to_host(), ((gq, gk, gneg) if want_grad else None)
+
+
+# --- row glue ---
+def normalize_rows(x, eps, out=None):
+    x = _pair_device("x", x)
+    dtype = np.dtype(x.dtype)
+    if out is None:
+        out = cuda.device_array(tuple(x.shape), dtype)
+    else:
+        out = _as_device(out)
+        if tuple(out.shape) != tuple(x.shape) or np.dtype(out.dtype) != dtype:
+            raise ValueError(f"out: expected a {dtype} array of shape {tuple(x.shape)}, got "
+                             f"{np.dtype(out.dtype)} {tuple(out.shape)}")
+    n = x.shape[0]
+    nrm = cuda.device_array(n, np.float64)
+    if n:
+        threads, _ = _geometry()
+        _pair_rows_kernels()["normalize"][_blocks(n), threads](x, float(eps), out, nrm)
+    return out, nrm.copy_to_host()
+
+
+def normalize_rows_backward(g, xhat, norm, eps):
+    g = _pair_device("g", g)
+    xhat = _pair_device("xhat", xhat)
+    if tuple(xhat.shape) != tuple(g.shape) or np.dtype(xhat.dtype) != np.dtype(g.dtype):
+        raise ValueError(f"xhat: expected the shape and dtype of g {tuple(g.shape)}, got "
+                         f"{tuple(xhat.shape)}")
+    n = g.shape[0]
+    nrm = _host_vector("norm", norm, n, np.float64)
+    dx = cuda.device_array(tuple(g.shape), np.dtype(g.dtype))
+    if n:
+        threads, _ = _geometry()
+        _pair_rows_kernels()["normalize_backward"][_blocks(n), threads](
+            g, xhat, cuda.to_device(nrm), float(eps), dx)
+    return dx
+
+
+def row_dots(a, b):
+    a = _pair_device("a", a)
+    b = _pair_device("b", b)
+    if tuple(b.shape) != tuple(a.shape):
+        raise ValueError(f"b: expected shape {tuple(a.shape)}, got {tuple(b.shape)}")
+    n = a.shape[0]
+    out = cuda.device_array(n, np.float64)
+    if n:
+        threads, _ = _geometry()
+        _pair_rows_kernels()["dots"][_blocks(n), threads](a, b, out)
+    return out.copy_to_host()
+
+
+def scaled_copy(out, a, coef):
+    a = _pair_device("a", a)
+    out = _as_device(out)
+    if tuple(out.shape) != tuple(a.shape):
+        raise ValueError(f"out: expected shape {tuple(a.shape)}, got {tuple(out.shape)}")
+    n, D = a.shape
+    per_row = (hasattr(coef, "copy_to_host") or hasattr(coef, "__cuda_array_interface__")
+               or np.ndim(coef) > 0)
+    if per_row:
+        d_coef = cuda.to_device(_host_vector("coef", coef, n, np.float64))
+        c = 0.0
+    else:
+        d_coef = cuda.to_device(np.zeros(1))
+        c = float(coef)
+    if n:
+        threads, _ = _geometry()
+        _pair_rows_kernels()["scaled"][_blocks(n * D), threads](out, a, d_coef, bool(per_row),
+                                                                 c)
+
+
+def _pair_index(name, v, n):
+    v = _host_vector(name, v, None, np.int64)
+    if v.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D index array, got shape {v.shape}")
+    if v.size and (v.min() < 0 or v.max() >= n):
+        raise IndexError(f"{name}: row indices must lie in [0, {n})")
+    return v
+
+
+def pair_rows_distance(x, i, j, metric):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    x = _pair_device("x", x)
+    n = x.shape[0]
+    pi, pj = _pair_index("i", i, n), _pair_index("j", j, n)
+    if pj.size != pi.size:
+        raise ValueError(f"j: expected {pi.size} indices like i, got {pj.size}")
+    out = cuda.device_array(pi.size, np.float64)
+    if pi.size:
+        threads, _ = _geometry()
+        _pair_rows_kernels()["distances"][_blocks(pi.size), threads](
+            x, cuda.to_device(pi), cuda.to_device(pj), np.int64(code), out)
+    return out.copy_to_host()
+
+
+def pair_rows_grad(x, i, j, coef, metric):
+    from . import _pairmath
+    code = _pairmath.metric_code(metric)
+    x = _pair_device("x", x)
+    n, D = x.shape
+    pi, pj = _pair_index("i", i, n), _pair_index("j", j, n)
+    K = pi.size
+    if pj.size != K:
+        raise ValueError(f"j: expected {K} indices like i, got {pj.size}")
+    cf = _host_vector("coef", coef, K, np.float64)
+    grad = cuda.device_array((n, D), np.dtype(x.dtype))
+    if n == 0:
+        return grad
+    # CSR of the pair ends per row: end e < K is the i-end of pair e, e >= K the j-end of e - K
+    ends = np.concatenate([pi, pj])
+    order = np.argsort(ends, kind="stable").astype(np.int64)
+    rowptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(ends, minlength=n), out=rowptr[1:])
+    kernels = _pair_rows_kernels()
+    threads, _ = _geometry()
+    one = np.zeros(1, np.int64)     # a stand-in for the empty arrays of K == 0
+    d_pi, d_pj = cuda.to_device(pi if K else one), cuda.to_device(pj if K else one)
+    fac = cuda.device_array(max(K, 1), np.float64)
+    if K:
+        kernels["factors"][_blocks(K), threads](x, d_pi, d_pj, cuda.to_device(cf),
+                                                np.int64(code), fac)
+    kernels["gather_grad"][_blocks(n * D), threads](
+        x, d_pi, d_pj, np.int64(K), fac, cuda.to_device(rowptr),
+        cuda.to_device(order if K else one), np.int64(code), grad)
+    return grad
