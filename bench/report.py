@@ -57,6 +57,24 @@ FAMILIES = {
              "torch ops, value+grad = forward + `torch.autograd.grad`.",
         targets=tuple((loss, 5.0, None) for loss in (
             "generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss"))),
+    "pairwise": dict(     # issue 5
+        title="Pairwise (representation-learning) losses", baseline="torch",
+        note="float32, D = 128; value+grad = the value and the gradients of every embedding "
+             "input. torch = the usual PyTorch implementation, all-pairs matrices (NT-Xent: "
+             "the (2N, 2N) similarity masked with -inf + `F.cross_entropy`; InfoNCE: "
+             "info-nce-pytorch's `info_nce`; contrastive, batch-hard: `torch.cdist` of the "
+             "normalized rows + label masks; `F.triplet_margin_loss`); pml = "
+             "pytorch-metric-learning (NTXentLoss, ContrastiveLoss, BatchHardMiner + "
+             "TripletMarginLoss); their value+grad = forward + `torch.autograd.grad`.",
+        peak_note="Peak extra = one value+grad call in a fresh process (after a warm-up call "
+                  "at N = 64 and with the inputs built): the resident-memory high-water mark "
+                  "above the level before the call, minus the gradients returned (the size "
+                  "of the embedding inputs); every allocator counts, so it includes "
+                  "normalized copies, float64 temporaries and per-thread workspaces.",
+        targets=(("nt_xent_loss", 2.0, 32e6), ("info_nce_loss[unpaired]", 2.0, 32e6),
+                 ("contrastive_loss", 2.0, None), ("batch_hard_triplet_loss", 2.0, None)),
+        # O(N D) targets: no fixed limit, peak shown as a multiple of the embeddings' bytes
+        memory_scale=("contrastive_loss", "batch_hard_triplet_loss")),
 }
 
 
@@ -89,6 +107,9 @@ def load(paths: list[Path]) -> Run:
     for b in (b for d in runs for b in d["benchmarks"]):
         info, stats = b.get("extra_info", {}), b["stats"]
         if info.get("family") in FAMILIES:
+            for k in ("fastloss_version", "isa", "threads", "torch_threads", "omp_wait_policy"):
+                if k in info:               # a run without the bandwidth benchmark
+                    meta.setdefault(k, info[k])
             families.setdefault(info["family"], {})[info["case"], info["backend"],
                                                     info["mode"]] = {
                 **info, "median": stats["median"]}
@@ -197,12 +218,16 @@ def family_targets(run: Run, family: str, primary: str) -> list[tuple[str, str, 
         r = base["median"] / mine["median"] if base else None
         speed = "n/a" if r is None else f"{fmt_x(r)} {'PASS' if r >= speedup else 'MISS'}"
         memory = ""
+        theirs = f"; {spec['baseline']}: {fmt_bytes(base.get('peak_extra_bytes'))}" \
+            if base else ""
+        if case in spec.get("memory_scale", ()) and mine.get("peak_extra_bytes") is not None:
+            scale = mine["peak_extra_bytes"] / mine["embedding_bytes"]
+            memory = (f"{fmt_bytes(mine['peak_extra_bytes'])} = {scale:.1f}× the embeddings "
+                      f"(O(N D), no fixed limit{theirs})")
         if per_row is not None and mine.get("peak_extra_bytes") is not None:
             rows = mine["shape"][0] * math.prod(mine["shape"][2:]) if family == "multiclass" \
                 else 1
             limit = per_row * rows
-            theirs = f"; {spec['baseline']}: {fmt_bytes(base.get('peak_extra_bytes'))}" \
-                if base else ""
             memory = (f"{fmt_bytes(mine['peak_extra_bytes'])} (limit {fmt_bytes(limit)}"
                       f"{theirs}) {'PASS' if mine['peak_extra_bytes'] < limit else 'MISS'}")
         out.append((f"{case} value+grad ≥{speedup:g}× {spec['baseline']}", speed, memory))
@@ -230,9 +255,9 @@ def family_lines(run: Run, family: str, primary: str) -> list[str]:
     if not entries:
         return []
     baseline = spec["baseline"]
-    lines = ["", f"## {spec['title']}", "", spec["note"] +
-             " Peak extra = resident-memory high-water mark of one call above its level "
-             "before, minus the gradient output (every allocator counts).", ""]
+    lines = ["", f"## {spec['title']}", "", spec["note"] + " " + spec.get(
+             "peak_note", "Peak extra = resident-memory high-water mark of one call above its "
+             "level before, minus the gradient output (every allocator counts)."), ""]
     checks = family_targets(run, family, primary)
     if checks:
         lines += ["| target | result | peak extra memory |", "|---|---|---|"]
@@ -247,10 +272,14 @@ def family_lines(run: Run, family: str, primary: str) -> list[str]:
                 e = entries[case, b, mode]
                 r = base["median"] / e["median"] if base else None
                 warn = " ⚠" if (e.get("others_cpu") or 0) > BUSY else ""
-                shape = tuple(e["shape"]) if "shape" in e else (e["n"], 4)
+                shape = e.get("size") or (tuple(e["shape"]) if "shape" in e else (e["n"], 4))
                 lines.append(f"| {case} | {shape} | {mode} | {b} | "
                              f"{fmt_time(e['median'])}{warn} | {fmt_x(r)} | "
                              f"{fmt_bytes(e.get('peak_extra_bytes'))} |")
+    skipped = [(k[0], e["pml_skipped"]) for k, e in entries.items() if e.get("pml_skipped")]
+    if skipped:
+        lines.append("")
+        lines += [f"- {case}: {reason}" for case, reason in dict(skipped).items()]
     return lines
 
 

@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -34,7 +35,8 @@ from fastloss.testing import (BOX_LOSS_NAMES, CASES, MULTICLASS_CASES, OVERLAP_C
 
 __all__ = ["median_time", "wall_timer", "quiet_openmp", "make_call", "bytes_read", "read_bandwidth",
            "cpu_backends", "torch_available", "gpu_name", "to_host", "OthersCPU", "main",
-           "make_multiclass_call", "make_box_call", "peak_extra_memory"]
+           "make_multiclass_call", "make_box_call", "peak_extra_memory", "peak_extra_bytes",
+           "PAIRWISE_CASES", "make_pairwise_inputs", "make_pairwise_call"]
 
 CPU_COMPILED = ("c", "numba")        # the compiled CPU backends, in order of preference
 BASELINES = ("numpy", "torch")       # what they are compared with
@@ -182,6 +184,281 @@ def make_box_call(name: str, backend: str, b1, b2, *, grad: bool = False) -> Cal
     return functools.partial(getattr(fastloss, name), b1, b2, return_grad=grad, backend=backend)
 
 
+# --------------------------------------------------------------------------- pairwise
+
+@dataclass(frozen=True)
+class PairwiseCase:
+    """A pairwise (representation-learning) benchmark case: the fastloss
+    function, its keyword arguments, the names of its inputs in call order
+    (``embeddings``: the float arrays a gradient is taken of; ``labels``:
+    an int64 (N,) class array last, or none) and the numba_cpu kernels it
+    needs (a numba backend without them is skipped)."""
+
+    label: str
+    name: str
+    params: dict
+    embeddings: tuple[str, ...]
+    labels: bool = False
+    kernels: tuple[str, ...] = ()
+    pml: bool = False                   # pytorch-metric-learning has this loss
+
+
+PAIRWISE_CASES: dict[str, PairwiseCase] = {c.label: c for c in [
+    PairwiseCase("nt_xent_loss", "nt_xent_loss", {"temperature": 0.5}, ("z1", "z2"),
+                 kernels=("pair_lse", "pair_softmax_product"), pml=True),
+    PairwiseCase("info_nce_loss[unpaired]", "info_nce_loss",
+                 {"temperature": 0.1, "negative_mode": "unpaired"},
+                 ("query", "positive_key", "negative_keys"),
+                 kernels=("pair_lse", "pair_softmax_product")),
+    PairwiseCase("contrastive_loss", "contrastive_loss",
+                 {"pos_margin": 0.0, "neg_margin": 1.0, "distance": "euclidean",
+                  "normalize_embeddings": True, "reduction": "mean_nonzero"},
+                 ("embeddings",), labels=True,
+                 kernels=("pair_contrastive_stats", "pair_contrastive_grad"), pml=True),
+    PairwiseCase("batch_hard_triplet_loss", "batch_hard_triplet_loss",
+                 {"margin": 1.0, "distance": "euclidean", "normalize_embeddings": True,
+                  "reduction": "mean"},
+                 ("embeddings",), labels=True, kernels=("pair_hardest",), pml=True),
+    PairwiseCase("triplet_margin_loss", "triplet_margin_loss", {"margin": 1.0},
+                 ("anchor", "positive", "negative"), kernels=("triplet_rows",)),
+]}
+PAIRWISE_CLASS_SIZE = 8            # labelled cases: N / 8 classes of 8 embeddings each
+PML_LIMIT_BYTES = 12e9             # pml is skipped where its estimate exceeds this
+
+
+def pairwise_size(case: PairwiseCase | str, n: int, m: int | None = None, d: int = 128) -> str:
+    """The size of a case in words: 'N=8192 x 2 views, D=128'."""
+    if isinstance(case, str):
+        case = PAIRWISE_CASES[case]
+    if case.name == "nt_xent_loss":
+        return f"N={n} x 2 views, D={d}"
+    if case.name == "info_nce_loss":
+        return f"N={n}, M={m or n} negatives, D={d}"
+    if case.labels:
+        return f"N={n}, {max(1, n // PAIRWISE_CLASS_SIZE)} classes, D={d}"
+    return f"N={n} triplets, D={d}"
+
+
+def make_pairwise_inputs(case: PairwiseCase | str, n: int, m: int | None = None, d: int = 128,
+                         dtype=np.float32, seed: int = 0) -> tuple:
+    """The inputs of a case in call order: n rows of width d (nt_xent: n per
+    view; info_nce: n queries and m negatives, default n).  Positives are noisy
+    copies of their anchor; the labelled cases get n / 8 classes of 8 in a
+    random order, around class centres in a random 8-dimensional subspace (so
+    that their distances vary and some negative pairs fall inside the margin);
+    triplet negatives are a little farther than the positives (about half of
+    the triplets active)."""
+    if isinstance(case, str):
+        case = PAIRWISE_CASES[case]
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    if case.name == "nt_xent_loss":
+        z1 = normal(n, d)
+        out = (z1, z1 + 0.5 * normal(n, d))
+    elif case.name == "info_nce_loss":
+        q = normal(n, d)
+        out = (q, q + 0.5 * normal(n, d), normal(m or n, d))
+    elif case.labels:
+        classes = max(1, n // PAIRWISE_CLASS_SIZE)
+        labels = rng.permutation(np.arange(n, dtype=np.int64) % classes)
+        centres = normal(classes, 8) @ normal(8, d) / np.float32(math.sqrt(8))
+        out = (centres[labels] + 0.6 * normal(n, d), labels)
+    else:
+        a = normal(n, d)
+        out = (a, a + normal(n, d), a + 1.1 * normal(n, d))
+    return tuple(x if x.dtype.kind in "iu" else np.ascontiguousarray(x, dtype)
+                 for x in out)
+
+
+def numba_pairwise_missing(case: PairwiseCase | str) -> list[str]:
+    """The numba_cpu kernels the case needs that the module lacks (numba's
+    pairwise kernels may be work in progress); [] when it has them all."""
+    if isinstance(case, str):
+        case = PAIRWISE_CASES[case]
+    from fastloss.kernels import numba_cpu
+    return [k for k in case.kernels if not hasattr(numba_cpu, k)]
+
+
+def pml_estimate_bytes(case: PairwiseCase | str, n: int) -> float | None:
+    """A rough lower bound of pytorch-metric-learning's memory for the case
+    (None: pml has no such loss).  NTXentLoss builds ``n_per_p``, a
+    (positive pairs) x (negative pairs) float matrix, 2N x 2N(2N - 2), with a
+    bool mask and a product of the same shape: 9 bytes per element.
+    ContrastiveLoss and BatchHardMiner index all N(N - 1) ordered pairs
+    (int64 pairs, float distances): about 40 bytes per pair."""
+    if isinstance(case, str):
+        case = PAIRWISE_CASES[case]
+    if not case.pml:
+        return None
+    if case.name == "nt_xent_loss":
+        return 9.0 * (2 * n) * (2 * n) * (2 * n - 2)
+    return 40.0 * n * (n - 1)
+
+
+def _torch_nt_xent(z1, z2, *, temperature):
+    """SimCLR's NT-Xent as usually written: the (2N, 2N) similarity matrix,
+    its diagonal masked with -inf, cross-entropy with targets i + N mod 2N."""
+    import torch
+    import torch.nn.functional as F
+
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    targets = (torch.arange(2 * n) + n) % (2 * n)
+    return F.cross_entropy(sim, targets)
+
+
+def _torch_info_nce(query, positive_key, negative_keys, *, temperature, negative_mode):
+    """info-nce-pytorch's ``info_nce`` (the package when it imports, else the
+    same formula: normalize, positive logits, query @ negatives.T, cat,
+    cross-entropy with target 0)."""
+    try:
+        from info_nce import info_nce
+    except ImportError:
+        import torch
+        import torch.nn.functional as F
+
+        q, k, neg = (F.normalize(t, dim=-1) for t in (query, positive_key, negative_keys))
+        logits = torch.cat([torch.sum(q * k, dim=1, keepdim=True), q @ neg.T], dim=1)
+        return F.cross_entropy(logits / temperature,
+                               torch.zeros(len(logits), dtype=torch.long))
+    return info_nce(query, positive_key, negative_keys, temperature=temperature,
+                    negative_mode=negative_mode)
+
+
+def _torch_label_masks(labels):
+    import torch
+
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~torch.eye(len(labels), dtype=torch.bool)
+    return pos, ~same
+
+
+def _torch_distances(x, normalize):
+    import torch
+    import torch.nn.functional as F
+
+    z = F.normalize(x, dim=1) if normalize else x
+    return torch.cdist(z, z)
+
+
+def _torch_contrastive(x, labels, *, pos_margin, neg_margin, distance, normalize_embeddings,
+                       reduction):
+    """pml's ContrastiveLoss written all-pairs: the (N, N) cdist of the
+    normalized rows, label masks, the mean of the nonzero positive-pair losses
+    plus the mean of the nonzero negative-pair losses."""
+    import torch
+    import torch.nn.functional as F
+
+    assert distance == "euclidean" and reduction == "mean_nonzero"
+    d = _torch_distances(x, normalize_embeddings)
+    pos, neg = _torch_label_masks(labels)
+    zero = d.new_zeros(())
+    lp = torch.where(pos, F.relu(d - pos_margin), zero)
+    ln = torch.where(neg, F.relu(neg_margin - d), zero)
+    return lp.sum() / (lp > 0).sum().clamp(min=1) + ln.sum() / (ln > 0).sum().clamp(min=1)
+
+
+def _torch_batch_hard(x, labels, *, margin, distance, normalize_embeddings, reduction):
+    """Batch-hard triplet written all-pairs: the (N, N) cdist, masked max over
+    the positives and min over the negatives per row, relu, mean over the
+    anchors having both."""
+    import torch.nn.functional as F
+
+    assert distance == "euclidean" and reduction == "mean"
+    d = _torch_distances(x, normalize_embeddings)
+    pos, neg = _torch_label_masks(labels)
+    d_ap = d.masked_fill(~pos, float("-inf")).max(dim=1).values
+    d_an = d.masked_fill(~neg, float("inf")).min(dim=1).values
+    valid = pos.any(dim=1) & neg.any(dim=1)
+    return F.relu(margin + d_ap - d_an)[valid].mean()
+
+
+def _torch_triplet(a, p, n, *, margin):
+    import torch.nn.functional as F
+
+    return F.triplet_margin_loss(a, p, n, margin=margin)
+
+
+_TORCH_PAIRWISE = {"nt_xent_loss": _torch_nt_xent, "info_nce_loss": _torch_info_nce,
+                   "contrastive_loss": _torch_contrastive,
+                   "batch_hard_triplet_loss": _torch_batch_hard,
+                   "triplet_margin_loss": _torch_triplet}
+
+
+def _pml_pairwise(case: PairwiseCase):
+    """pytorch-metric-learning's loss for the case, as a function of the
+    case's tensors: NTXentLoss on [z1; z2] with labels [0..N-1, 0..N-1];
+    ContrastiveLoss (its default LpDistance normalizes, AvgNonZeroReducer);
+    BatchHardMiner + TripletMarginLoss with a MeanReducer (the mean over the
+    mined anchors, as fastloss's reduction="mean")."""
+    import torch
+    from pytorch_metric_learning import losses, miners, reducers
+
+    p = case.params
+    if case.name == "nt_xent_loss":
+        loss_fn = losses.NTXentLoss(temperature=p["temperature"])
+
+        def nt_xent(z1, z2):
+            idx = torch.arange(z1.shape[0])
+            return loss_fn(torch.cat([z1, z2]), torch.cat([idx, idx]))
+
+        return nt_xent
+    if case.name == "contrastive_loss":
+        assert p["distance"] == "euclidean" and p["normalize_embeddings"]
+        return losses.ContrastiveLoss(pos_margin=p["pos_margin"], neg_margin=p["neg_margin"])
+    if case.name == "batch_hard_triplet_loss":
+        assert p["distance"] == "euclidean" and p["normalize_embeddings"]
+        miner = miners.BatchHardMiner()
+        loss_fn = losses.TripletMarginLoss(margin=p["margin"], reducer=reducers.MeanReducer())
+        return lambda x, labels: loss_fn(x, labels, miner(x, labels))
+    raise ValueError(f"pytorch-metric-learning has no benchmark of {case.label}")
+
+
+def make_pairwise_call(case: PairwiseCase | str, backend: str, arrays, *,
+                       grad: bool = False) -> Callable[[], object]:
+    """Like :func:`make_call`, for a case of ``PAIRWISE_CASES`` and its inputs
+    (``make_pairwise_inputs``).  ``backend``: a fastloss backend, ``"torch"``
+    (the usual PyTorch implementation: ``_torch_*`` above) or ``"pml"``
+    (pytorch-metric-learning).  With ``grad`` the call returns the value and
+    the gradients of every embedding input (a tuple, also for one input):
+    fastloss's ``return_grad=True``; torch / pml forward plus
+    ``torch.autograd.grad`` on leaf tensors made here, outside the call."""
+    if isinstance(case, str):
+        case = PAIRWISE_CASES[case]
+    if backend in ("torch", "pml"):
+        import torch
+
+        tensors = [torch.from_numpy(np.asarray(a)) for a in arrays]
+        fn = _pml_pairwise(case) if backend == "pml" else functools.partial(
+            _TORCH_PAIRWISE[case.name], **case.params)
+        if not grad:
+            return lambda: fn(*tensors)
+        k = len(case.embeddings)
+        leaves = [t.detach().clone().requires_grad_(True) for t in tensors[:k]]
+        rest = tensors[k:]
+
+        def value_and_grad():
+            loss = fn(*leaves, *rest)
+            return loss, torch.autograd.grad(loss, leaves)
+
+        return value_and_grad
+    fn = functools.partial(getattr(fastloss, case.name), *arrays, return_grad=grad,
+                           backend=backend, **case.params)
+    if not grad or len(case.embeddings) > 1:
+        return fn
+
+    def value_and_grads():              # one embedding input: its gradient as a 1-tuple
+        value, g = fn()
+        return value, (g,)
+
+    return value_and_grads
+
+
 def peak_extra_memory(fn: Callable[[], object], expected_bytes: int = 0):
     """(bytes, fn's result): how far the process's resident memory rose above
     its level before the call, minus ``expected_bytes`` (the outputs), read
@@ -208,6 +485,70 @@ def _status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise OSError(f"{field} not in /proc/self/status")
+
+
+_PEAK_CHILD = """
+import json, sys
+from fastloss._bench import peak_extra_memory
+expected_bytes, warmup = 0, None
+{code}
+if warmup is not None:
+    warmup()
+extra, result = peak_extra_memory(call, expected_bytes=expected_bytes)
+del result
+print("\\nPEAK_EXTRA_BYTES " + json.dumps(extra))
+"""
+
+
+def peak_extra_bytes(code: str, *, timeout: float = 900.0) -> int | None:
+    """Peak extra memory of ONE call, measured in a fresh Python process.
+
+    ``code`` is Python source run there first; it must define ``call`` (the
+    no-argument callable measured, its inputs already built) and may define
+    ``expected_bytes`` (the outputs it returns, e.g. the gradients: not
+    "extra", subtracted) and ``warmup`` (a callable run just before, such as
+    the same call at a tiny size, so that one-time costs -- lazy imports,
+    thread pools, numba's compilation -- are not counted).  Then
+    :func:`peak_extra_memory` measures the call: the resident-memory
+    high-water mark (VmHWM, reset through /proc/self/clear_refs just before)
+    minus the resident size before the call (VmRSS: interpreter, libraries
+    and the inputs), minus ``expected_bytes``.  A fresh process, because in a
+    long-lived one memory freed earlier but kept by the allocator is reused
+    without raising the resident size, which hides part of a call's
+    allocations.  Every allocator counts (NumPy, PyTorch, C, numba).  The
+    child gets this fastloss (its parent folder first on PYTHONPATH) and this
+    environment (OMP_WAIT_POLICY, thread counts).  None where /proc does not
+    offer the counters; a failing child raises RuntimeError with its output.
+    """
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-c", _PEAK_CHILD.format(code=code)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_EXTRA_BYTES ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"peak_extra_bytes: the child failed (exit {proc.returncode}):\n"
+                           f"{(proc.stdout + proc.stderr)[-3000:]}")
+    import json
+    return json.loads(lines[-1].split(" ", 1)[1])
+
+
+def pairwise_peak_code(label: str, backend: str, n: int, m: int | None = None, d: int = 128,
+                       dtype: str = "float32", seed: int = 0) -> str:
+    """The ``peak_extra_bytes`` code of one value+grad call of a pairwise case:
+    a warm-up call of the same case and backend at a tiny size (N = 64,
+    M = 256), then the inputs, then the call; ``expected_bytes`` = the
+    gradients it returns (the size of the embedding inputs)."""
+    return (f"from fastloss._bench import PAIRWISE_CASES, make_pairwise_inputs, "
+            f"make_pairwise_call\n"
+            f"case = PAIRWISE_CASES[{label!r}]\n"
+            f"warmup = make_pairwise_call(case, {backend!r}, make_pairwise_inputs(case, 64, "
+            f"256, {d}, {dtype!r}, 1), grad=True)\n"
+            f"arrays = make_pairwise_inputs(case, {n}, {m!r}, {d}, {dtype!r}, {seed})\n"
+            f"call = make_pairwise_call(case, {backend!r}, arrays, grad=True)\n"
+            f"expected_bytes = sum(a.nbytes for a in arrays[:len(case.embeddings)])\n")
 
 
 class OthersCPU:
@@ -370,7 +711,8 @@ def cmd_bench(args) -> int:
     dtype = np.dtype(args.dtype)
     families = {"multiclass": MULTICLASS_CASES, "overlap": OVERLAP_CASES}
     all_names = list(CASES) + sorted({c.name for cases in families.values()
-                                      for c in cases.values()}) + list(BOX_LOSS_NAMES)
+                                      for c in cases.values()}) + list(BOX_LOSS_NAMES) + \
+        [c.name for c in PAIRWISE_CASES.values()]
     chosen = _split(args.losses, all_names, "loss") or all_names
     losses = [name for name in chosen if name in CASES]
     have_torch = torch_available()
@@ -430,6 +772,8 @@ def cmd_bench(args) -> int:
                      backends, modes)
     _bench_boxes(args, [name for name in BOX_LOSS_NAMES if name in chosen], dtype, backends,
                  modes)
+    _bench_pairwise(args, [c for c in PAIRWISE_CASES.values() if c.name in chosen], dtype,
+                    backends, modes)
     if others.share is not None and others.share > 0.25:
         print(f"warning: other processes used {others.share:.0%} of the CPUs meanwhile; "
               f"parallel code waits for descheduled threads, so these figures understate it")
@@ -513,6 +857,49 @@ def _bench_boxes(args, names, dtype, backends, modes):
     print(f"\nbox losses, {dtype.name} (x1, y1, x2, y2), mean reduction (torch: torchvision's "
           f"formulas in torch ops):")
     print(_table(["loss", "boxes", "mode", "backend", "median ms", "vs numpy", "vs torch"], rows))
+
+
+def pairwise_bench_sizes(case: PairwiseCase, n: int) -> tuple[int, int | None]:
+    """(N, M) of a pairwise case at about ``n`` elements: N = sqrt(n) rows rounded
+    down to a multiple of 8 (at least 16; N per view for NT-Xent), M = 4 N
+    InfoNCE negatives; the row-wise triplet loss gets n / 128 rows."""
+    if case.name == "triplet_margin_loss":
+        return max(1, n // 128), None
+    rows = max(16, math.isqrt(max(1, n)) // 8 * 8)
+    return rows, (4 * rows if case.name == "info_nce_loss" else None)
+
+
+def _bench_pairwise(args, cases, dtype, backends, modes):
+    """The pairwise losses at D = 128, N from ``args.n`` (:func:`pairwise_bench_sizes`),
+    on the compiled backends asked for (numba where it has the case's kernels)
+    and torch (the usual implementation, as in bench/test_bench_pairwise.py);
+    the NumPy reference is left out (it builds the float64 matrices)."""
+    if not cases:
+        return
+    d, rows = 128, []
+    for case in cases:
+        use = [b for b in backends if b in CPU_COMPILED or b == "torch"]
+        if "numba" in use and numba_pairwise_missing(case):
+            use.remove("numba")
+        if case.name == "info_nce_loss" and "torch" in use:
+            try:
+                import info_nce  # noqa: F401
+            except ImportError:
+                pass                          # _torch_info_nce writes its formula out
+        n, m = pairwise_bench_sizes(case, args.n)
+        arrays = make_pairwise_inputs(case, n, m, d, dtype, seed=0)
+        times = _time_backends(lambda backend, grad: make_pairwise_call(case, backend, arrays,
+                                                                        grad=grad),
+                               use, modes, args.repeats)
+        for grad in modes:
+            for backend in use:
+                t = times[backend, grad]
+                rows.append([case.label, pairwise_size(case, n, m, d), MODES[grad], backend,
+                             f"{t * 1e3:.3f}", _ratio(times.get(("torch", grad)), t)])
+    print(f"\npairwise losses, {dtype.name}, D = {d} (value+grad: every embedding input's "
+          f"gradient; torch: the usual implementation, all-pairs matrices; numba only where "
+          f"it has the kernels):")
+    print(_table(["case", "size", "mode", "backend", "median ms", "vs torch"], rows))
 
 
 # --------------------------------------------------------------------------- check
