@@ -163,7 +163,8 @@ int fl_boxes_atan(int dtype, const void *x, void *y, int64_t n);
  * its sqrt (euclidean), 1 - g (cosine, on normalized rows); with same, the
  * pair (i, i) has d = 0.  The ops (fastloss/kernels/__init__.py PAIRWISE):
  *  0 matrix: out (na, nb) = d
- *  1 lse: lse[i] = log sum_j exp(scale g_ij)  (j != i with exclude_diag)
+ *  1 lse: lse[i] = log sum_j exp(scale g_ij)  (j != i with exclude_diag;
+ *    g_ij times row_scale_i col_scale_j where given, here and in op 2)
  *  2 softmax product: out (na, d) += gain sum_j exp(scale g_ij - row_shift_i
  *    - col_shift_j) b_j  (shifts NULL: 0; j != i with exclude_diag)
  *  3 contrastive stats (a = b, same): stats (na, 4) = per row over j != i:
@@ -187,6 +188,8 @@ typedef struct {
     double scale, gain;
     const double *row_shift;
     const double *col_shift;
+    const double *row_scale;  /* ops 1, 2: g_ij is taken as g_ij row_scale_i col_scale_j */
+    const double *col_scale;  /* (NULL: 1), e.g. inverse norms instead of normalized copies */
     double pos_margin, neg_margin, cpos, cneg;
     void *out;
     double *lse;

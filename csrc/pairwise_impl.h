@@ -166,6 +166,23 @@ FL_ATTR FL_INLINE T PW(dist)(int metric, T g, double na, double nb)
     return metric == PW_EUCLIDEAN ? (T)sqrt(s) : (T)s;
 }
 
+/* s[j] *= scale * row_scale_i * col_scale_j (the factor in float64, then the
+ * dtype): the logits of row i in this tile */
+FL_ATTR FL_INLINE void PW(scale_row)(const fl_pair_args *A, int64_t i, int64_t j0, int64_t nbt,
+                                     T *s)
+{
+    const double f = A->scale * (A->row_scale ? A->row_scale[i] : 1.0);
+    if (A->col_scale) {
+        const double *cs = A->col_scale + j0;
+        for (int64_t j = 0; j < nbt; j++)
+            s[j] *= (T)(f * cs[j]);
+    } else {
+        const T sc = (T)f;
+        for (int64_t j = 0; j < nbt; j++)
+            s[j] *= sc;
+    }
+}
+
 /* The op's use of the Gram tile S (mb x nbt, row stride PW_NB) of rows
  * [i0, i0 + mb) and columns [j0, j0 + nbt).  For the product ops it writes
  * the coefficients P in the packed-rows layout (k = nbt). */
@@ -191,9 +208,7 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
             if (has_diag)
                 o[diag] = 0;
         } else if (op == PW_OP_LSE) {
-            const T sc = (T)A->scale;
-            for (int64_t j = 0; j < nbt; j++)
-                s[j] *= sc;
+            PW(scale_row)(A, i, j0, nbt, s);
             if (has_diag && A->exclude_diag)
                 s[diag] = -INFINITY;
             const T mx = PW(row_max)(s, nbt);
@@ -210,14 +225,15 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
                 w[j] = VM(exp)(s[j] - m);
             LANES_ADD(R->lanes[0], w, (int)nbt);
         } else if (op == PW_OP_SOFTMAX_PRODUCT) {
-            const T sc = (T)A->scale, ri = A->row_shift ? (T)A->row_shift[i] : (T)0;
+            const T ri = A->row_shift ? (T)A->row_shift[i] : (T)0;
+            PW(scale_row)(A, i, j0, nbt, s);
             if (A->col_shift) {
                 const double *cs = A->col_shift + j0;
                 for (int64_t j = 0; j < nbt; j++)
-                    w[j] = VM(exp)(sc * s[j] - ri - (T)cs[j]);
+                    w[j] = VM(exp)(s[j] - ri - (T)cs[j]);
             } else {
                 for (int64_t j = 0; j < nbt; j++)
-                    w[j] = VM(exp)(sc * s[j] - ri);
+                    w[j] = VM(exp)(s[j] - ri);
             }
             if (has_diag && A->exclude_diag)
                 w[diag] = 0;

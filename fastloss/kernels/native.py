@@ -306,9 +306,8 @@ def _pair(op, a, b, *, metric="cosine", labels=None, keep=(), **fields):
         if isinstance(value, np.ndarray):
             buf = ffi.from_buffer(value)
             buffers.append(buf)
-            ctype = {"lse": "double *", "stats": "double *", "row_shift": "double *",
-                     "col_shift": "double *", "pos": "int64_t *", "neg": "int64_t *",
-                     "out": "void *"}[name]
+            ctype = "void *" if name == "out" else "int64_t *" if name in ("pos", "neg") \
+                else "double *"
             setattr(args, name, ffi.cast(ctype, buf))
         elif value is not None:
             setattr(args, name, value)
@@ -321,9 +320,10 @@ def pair_matrix(a, b, metric):
     return out
 
 
-def pair_lse(a, b, scale, exclude_diag):
+def pair_lse(a, b, scale, exclude_diag, row_scale=None, col_scale=None):
     lse = np.empty(a.shape[0], np.float64)
-    _pair("lse", a, b, scale=float(scale), exclude_diag=int(bool(exclude_diag)), lse=lse)
+    _pair("lse", a, b, scale=float(scale), exclude_diag=int(bool(exclude_diag)), lse=lse,
+          row_scale=_f64_or_none(row_scale), col_scale=_f64_or_none(col_scale))
     return lse
 
 
@@ -331,9 +331,11 @@ def _f64_or_none(v):
     return None if v is None else np.ascontiguousarray(v, dtype=np.float64)
 
 
-def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out):
+def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out,
+                         row_scale=None, col_scale=None):
     _pair("softmax_product", a, b, scale=float(scale), gain=float(gain),
           row_shift=_f64_or_none(row_shift), col_shift=_f64_or_none(col_shift),
+          row_scale=_f64_or_none(row_scale), col_scale=_f64_or_none(col_scale),
           exclude_diag=int(bool(exclude_diag)), out=out)
 
 

@@ -40,58 +40,82 @@ PAIR_REDUCTIONS = ("mean", "sum", "none", "mean_nonzero")
 
 
 # ---------------------------------------------------------------- host row glue
+#: rows per block of the host glue: its float64 temporaries stay near 1 MB at D = 128
+GLUE_ROWS = 1024
+
+
+def _blocks(n):
+    return (slice(i, min(n, i + GLUE_ROWS)) for i in range(0, n, GLUE_ROWS))
+
+
 def _normalize_rows(x, eps, out=None):
-    norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    xhat = x / np.maximum(norm, eps)[:, None]          # float64, then the dtype
-    if out is None:
-        return xhat.astype(x.dtype), norm
-    out[...] = xhat
+    out = np.empty_like(x) if out is None else out
+    norm = np.empty(x.shape[0])
+    for rows in _blocks(x.shape[0]):
+        xb = x[rows].astype(np.float64)
+        norm[rows] = nb = np.sqrt(np.einsum("ij,ij->i", xb, xb))
+        out[rows] = xb / np.maximum(nb, eps)[:, None]
     return out, norm
 
 
-def _normalize_rows_backward(g, xhat, norm, eps):
-    g64, u = g.astype(np.float64), xhat.astype(np.float64)
-    big = norm >= eps          # torch: clamp_min passes the gradient at eps
-    proj = np.einsum("ij,ij->i", g64, u)
-    dx = np.where(big[:, None], (g64 - u * proj[:, None]) / np.where(big, norm, 1.0)[:, None],
-                  g64 / eps)
-    return dx.astype(g.dtype)
+def _normalize_rows_backward(g, xhat, norm, eps, out=None, raw=False):
+    out = np.empty_like(g) if out is None else out      # may be g itself
+    for rows in _blocks(g.shape[0]):
+        g64, u, nb = g[rows].astype(np.float64), xhat[rows].astype(np.float64), norm[rows]
+        if raw:                                          # x given, not x / max(||x||, eps)
+            u /= np.maximum(nb, eps)[:, None]
+        big = nb >= eps          # torch: clamp_min passes the gradient at eps
+        proj = np.einsum("ij,ij->i", g64, u)
+        out[rows] = np.where(big[:, None], (g64 - u * proj[:, None])
+                             / np.where(big, nb, 1.0)[:, None], g64 / eps)
+    return out
 
 
 def _row_dots(a, b):
-    return np.einsum("ij,ij->i", a, b, dtype=np.float64)
+    out = np.empty(a.shape[0])
+    for rows in _blocks(a.shape[0]):
+        out[rows] = np.einsum("ij,ij->i", a[rows].astype(np.float64), b[rows].astype(np.float64))
+    return out
 
 
 def _scaled_copy(out, a, coef):
     coef = np.asarray(coef, np.float64)
-    out[...] = (coef[:, None] if coef.ndim else coef) * a.astype(np.float64)
+    for rows in _blocks(a.shape[0]):
+        c = coef[rows, None] if coef.ndim else coef
+        out[rows] = c * a[rows].astype(np.float64)
 
 
 def _pair_rows_distance(x, i, j, metric):
-    u, v = x[i].astype(np.float64), x[j].astype(np.float64)
-    if metric == "cosine":
-        return 1.0 - np.einsum("ij,ij->i", u, v)
-    sq = np.einsum("ij,ij->i", u - v, u - v)
-    return sq if metric == "sqeuclidean" else np.sqrt(sq)
+    out = np.empty(len(i))
+    for k in _blocks(len(i)):
+        u, v = x[i[k]].astype(np.float64), x[j[k]].astype(np.float64)
+        if metric == "cosine":
+            out[k] = 1.0 - np.einsum("ij,ij->i", u, v)
+        else:
+            sq = np.einsum("ij,ij->i", u - v, u - v)
+            out[k] = sq if metric == "sqeuclidean" else np.sqrt(sq)
+    return out
 
 
 def _pair_rows_grad(x, i, j, coef, metric):
-    u, v = x[i].astype(np.float64), x[j].astype(np.float64)
-    if metric == "cosine":        # d = 1 - u.v
-        gi, gj = -v, -u
-    else:
-        diff = u - v
-        if metric == "sqeuclidean":
-            f = 2.0 * np.ones(len(i))
-        else:
-            d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-            f = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
-        gi = diff * f[:, None]
-        gj = -gi
-    coef = np.asarray(coef, np.float64)[:, None]
     grad = np.zeros(x.shape, np.float64)
-    np.add.at(grad, i, coef * gi)          # sequential: deterministic
-    np.add.at(grad, j, coef * gj)
+    coef = np.asarray(coef, np.float64)
+    for k in _blocks(len(i)):
+        u, v = x[i[k]].astype(np.float64), x[j[k]].astype(np.float64)
+        if metric == "cosine":        # d = 1 - u.v
+            gi, gj = -v, -u
+        else:
+            diff = u - v
+            if metric == "sqeuclidean":
+                f = np.full(len(diff), 2.0)
+            else:
+                d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+                f = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+            gi = diff * f[:, None]
+            gj = -gi
+        c = coef[k, None]
+        np.add.at(grad, i[k], c * gi)          # sequential: deterministic
+        np.add.at(grad, j[k], c * gj)
     return grad.astype(x.dtype)
 
 
@@ -183,8 +207,10 @@ class _Batch:
     def normalized(self, x):
         return self.rows.normalize_rows(x, NORM_EPS)
 
-    def back(self, g, xhat, norm):
-        return self.rows.normalize_rows_backward(g, xhat, norm, NORM_EPS)
+    def back(self, g, xhat, norm, raw=False):
+        """The gradient for x from g, the gradient for x's normalized rows, in place
+        (raw: ``xhat`` is x itself)."""
+        return self.rows.normalize_rows_backward(g, xhat, norm, NORM_EPS, out=g, raw=raw)
 
     def empty(self, shape):
         if self.on_gpu:
@@ -559,8 +585,11 @@ def info_nce_loss(query, positive_key, negative_keys=None, *, temperature=0.1,
     if neg is None:                   # in-batch: the diagonal of q k^T is the positive
         lse = mod.pair_lse(qh, kh, scale, False)
     else:
-        nh, n_len = batch.normalized(neg)
-        lse = np.logaddexp(mod.pair_lse(qh, nh, scale, False), pos)
+        # the negatives are used as they are, with their inverse norms as column
+        # scales: no normalized copy of the (M, D) matrix
+        n_len = np.sqrt(rows.row_dots(neg, neg))
+        inv = 1.0 / np.maximum(n_len, NORM_EPS)
+        lse = np.logaddexp(mod.pair_lse(qh, neg, scale, False, col_scale=inv), pos)
     value, gain = _reduce_rows(lse - pos, reduction)
     value = batch.value(value)
     if not return_grad:
@@ -574,17 +603,18 @@ def info_nce_loss(query, positive_key, negative_keys=None, *, temperature=0.1,
         mod.pair_softmax_product(qh, kh, scale, lse, None, False, g, gq)
         mod.pair_softmax_product(kh, qh, scale, None, lse, False, g, gk)
         return value, (batch.back(gq, qh, q_len), batch.back(gk, kh, k_len))
-    # dq_i = g (sum_j p_ij n_j + (p_i,pos - 1) k_i),  dk_i = g (p_i,pos - 1) q_i,
-    # dn_j = g sum_i p_ij q_i
+    # with n^_j = n_j inv_j:  dq_i = g (sum_j p_ij n^_j + (p_i,pos - 1) k_i),
+    # dk_i = g (p_i,pos - 1) q_i,  dn^_j = g sum_i p_ij q_i.  p_ij inv_j is the
+    # product's coefficient with the column shift -log inv_j.
     c = g * (np.exp(pos - lse) - 1.0)
     rows.scaled_copy(gq, kh, c)
     rows.scaled_copy(gk, qh, c)
-    mod.pair_softmax_product(qh, nh, scale, lse, None, False, g, gq)
-    gn = batch.empty(nh.shape)
-    rows.scaled_copy(gn, nh, 0.0)      # zeros, on the device
-    mod.pair_softmax_product(nh, qh, scale, None, lse, False, g, gn)
+    mod.pair_softmax_product(qh, neg, scale, lse, -np.log(inv), False, g, gq, col_scale=inv)
+    gn = batch.empty(neg.shape)
+    rows.scaled_copy(gn, neg, 0.0)      # zeros, on the device
+    mod.pair_softmax_product(neg, qh, scale, None, lse, False, g, gn, row_scale=inv)
     return value, (batch.back(gq, qh, q_len), batch.back(gk, kh, k_len),
-                   batch.back(gn, nh, n_len))
+                   batch.back(gn, neg, n_len, raw=True))
 
 
 def nt_xent_loss(z1, z2, *, temperature=0.5, reduction="mean", return_grad=False, backend=None):
@@ -635,4 +665,5 @@ def nt_xent_loss(z1, z2, *, temperature=0.5, reduction="mean", return_grad=False
     rows.scaled_copy(grad[n:], z[:n], -2.0 * g)
     mod.pair_softmax_product(z, z, scale, lse, None, True, g, grad)
     mod.pair_softmax_product(z, z, scale, None, lse, True, g, grad)
+    # in place: the two halves of one buffer are the two gradients
     return value, (batch.back(grad[:n], z[:n], len1), batch.back(grad[n:], z[n:], len2))
