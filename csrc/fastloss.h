@@ -173,7 +173,10 @@ int fl_boxes_atan(int dtype, const void *x, void *y, int64_t n);
  *  4 contrastive grad: out (na, d) = the gradient of cpos * (sum of the
  *    positive terms) + cneg * (sum of the negative terms) over ordered pairs
  *  5 hardest: pos[i] = the first j != i of equal label with the largest d,
- *    neg[i] = the first j of another label with the smallest d (-1: none) */
+ *    neg[i] = the first j of another label with the smallest d (-1: none)
+ *  6 lse product: ops 1 and 2 in one pass: lse as op 1, and out (na, d) +=
+ *    gain sum_j exp(scale g_ij - lse_i) b_j (an online softmax: the running
+ *    sums are rescaled when a row's max grows) */
 typedef struct {
     int op;
     int metric;              /* 0 euclidean, 1 sqeuclidean, 2 cosine */

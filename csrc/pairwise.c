@@ -32,7 +32,7 @@
 #define PW_KC 256         /* most columns (of D) per packed panel */
 
 enum { PW_OP_MATRIX, PW_OP_LSE, PW_OP_SOFTMAX_PRODUCT, PW_OP_CONTRASTIVE_STATS,
-       PW_OP_CONTRASTIVE_GRAD, PW_OP_HARDEST, PW_NOPS };
+       PW_OP_CONTRASTIVE_GRAD, PW_OP_HARDEST, PW_OP_LSE_PRODUCT, PW_NOPS };
 enum { PW_EUCLIDEAN, PW_SQEUCLIDEAN, PW_COSINE };
 
 typedef struct {
@@ -100,13 +100,15 @@ int fl_pair(int dtype, fl_pair_args *A)
         A->metric > PW_COSINE || A->na < 0 || A->nb < 0 || A->d < 1 || !A->a || !A->b)
         return -1;
     const int op = A->op;
-    const int needs_norms = (op == PW_OP_MATRIX || op >= PW_OP_CONTRASTIVE_STATS) &&
+    const int needs_norms = (op == PW_OP_MATRIX || (op >= PW_OP_CONTRASTIVE_STATS &&
+                                                   op <= PW_OP_HARDEST)) &&
                             A->metric != PW_COSINE;
     if ((needs_norms && (!A->norm_a || !A->norm_b)) ||
-        (op >= PW_OP_CONTRASTIVE_STATS && (!A->labels || !A->same)) ||
-        (op == PW_OP_LSE && !A->lse) || (op == PW_OP_CONTRASTIVE_STATS && !A->stats) ||
+        (op >= PW_OP_CONTRASTIVE_STATS && op <= PW_OP_HARDEST && (!A->labels || !A->same)) ||
+        ((op == PW_OP_LSE || op == PW_OP_LSE_PRODUCT) && !A->lse) || (op == PW_OP_CONTRASTIVE_STATS && !A->stats) ||
         (op == PW_OP_HARDEST && (!A->pos || !A->neg)) ||
-        ((op == PW_OP_MATRIX || op == PW_OP_SOFTMAX_PRODUCT || op == PW_OP_CONTRASTIVE_GRAD) &&
+        ((op == PW_OP_MATRIX || op == PW_OP_SOFTMAX_PRODUCT || op == PW_OP_CONTRASTIVE_GRAD ||
+          op == PW_OP_LSE_PRODUCT) &&
          !A->out))
         return -1;
     if (A->na == 0)

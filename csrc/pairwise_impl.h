@@ -187,7 +187,7 @@ FL_ATTR FL_INLINE void PW(scale_row)(const fl_pair_args *A, int64_t i, int64_t j
  * [i0, i0 + mb) and columns [j0, j0 + nbt).  For the product ops it writes
  * the coefficients P in the packed-rows layout (k = nbt). */
 FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, int64_t nbt,
-                                T *S, T *P, pw_rowstate *st)
+                                T *S, T *P, pw_rowstate *st, double *acc, int64_t dpad)
 {
     const fl_pair_args *A = J->A;
     const int op = A->op, metric = A->metric;
@@ -207,23 +207,36 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
                 o[j] = PW(dist)(metric, s[j], na2, nb2 ? nb2[j] : 0.0);
             if (has_diag)
                 o[diag] = 0;
-        } else if (op == PW_OP_LSE) {
+        } else if (op == PW_OP_LSE || op == PW_OP_LSE_PRODUCT) {
+            /* online log-sum-exp; LSE_PRODUCT also keeps acc_i = sum_j
+             * exp(s_ij - m_i) b_j, rescaled with the sum when the max grows */
             PW(scale_row)(A, i, j0, nbt, s);
             if (has_diag && A->exclude_diag)
                 s[diag] = -INFINITY;
             const T mx = PW(row_max)(s, nbt);
-            if ((double)mx > R->m) {      /* a new running max: rescale the sum */
+            if ((double)mx > R->m) {      /* a new running max: rescale the sums */
                 const double f = exp(R->m - (double)mx);
                 for (int k = 0; k < FL_LANES; k++)
                     R->lanes[0][k] *= f;
+                if (op == PW_OP_LSE_PRODUCT)
+                    for (int64_t k = 0; k < A->d; k++)
+                        acc[r * dpad + k] *= f;
                 R->m = (double)mx;
             }
-            if (R->m == -INFINITY)
+            T *pr = P + (r / PW_MR) * PW_MR * nbt + r % PW_MR;
+            if (R->m == -INFINITY) {      /* nothing yet: no weights */
+                if (op == PW_OP_LSE_PRODUCT)
+                    for (int64_t j = 0; j < nbt; j++)
+                        pr[j * PW_MR] = 0;
                 continue;
+            }
             const T m = (T)R->m;
             for (int64_t j = 0; j < nbt; j++)
                 w[j] = VM(exp)(s[j] - m);
             LANES_ADD(R->lanes[0], w, (int)nbt);
+            if (op == PW_OP_LSE_PRODUCT)
+                for (int64_t j = 0; j < nbt; j++)
+                    pr[j * PW_MR] = w[j];
         } else if (op == PW_OP_SOFTMAX_PRODUCT) {
             const T ri = A->row_shift ? (T)A->row_shift[i] : (T)0;
             PW(scale_row)(A, i, j0, nbt, s);
@@ -318,6 +331,15 @@ FL_ATTR static void PW(finish)(pw_job *J, int64_t i0, int64_t mb, pw_rowstate *s
         case PW_OP_LSE:
             A->lse[i] = R->m == -INFINITY ? -INFINITY : R->m + log(fl_lanes_fold(R->lanes[0]));
             break;
+        case PW_OP_LSE_PRODUCT: {
+            const double l = fl_lanes_fold(R->lanes[0]);
+            A->lse[i] = R->m == -INFINITY ? -INFINITY : R->m + log(l);
+            const double f = R->m == -INFINITY ? 0.0 : A->gain / l;
+            T *o = (T *)A->out + i * D;
+            for (int64_t k = 0; k < D; k++)
+                o[k] = (T)((double)o[k] + f * acc[r * dpad + k]);
+            break;
+        }
         case PW_OP_SOFTMAX_PRODUCT: {
             T *o = (T *)A->out + i * D;
             for (int64_t k = 0; k < D; k++)
@@ -358,7 +380,8 @@ FL_ATTR static void PW(unit)(void *ctx, int64_t unit)
     const int64_t nchunks = (D + kc - 1) / kc;
     const int64_t dpad = (D + NR - 1) / NR * NR;
     const int op = A->op;
-    const int product = op == PW_OP_SOFTMAX_PRODUCT || op == PW_OP_CONTRASTIVE_GRAD;
+    const int product = op == PW_OP_SOFTMAX_PRODUCT || op == PW_OP_CONTRASTIVE_GRAD ||
+                        op == PW_OP_LSE_PRODUCT;
     const int mgroups = (int)((mb + PW_MR - 1) / PW_MR);
 
     /* workspace: packed a rows (all chunks), packed b tile, S, P, and for the
@@ -418,7 +441,7 @@ FL_ATTR static void PW(unit)(void *ctx, int64_t unit)
                 }
             }
         }
-        PW(consume)(J, i0, mb, j0, nbt, S, P, st);
+        PW(consume)(J, i0, mb, j0, nbt, S, P, st, acc, dpad);
         if (product) {
             /* acc += P b_J: P is (mb x nbt) in the packed-rows layout */
             PW(pack_panels)(b + j0 * D, D, nbt, D, bpack);

@@ -267,7 +267,7 @@ def box_atan(x) -> np.ndarray:
 
 # ---- pairwise ----
 _PAIR_OPS = {"matrix": 0, "lse": 1, "softmax_product": 2, "contrastive_stats": 3,
-             "contrastive_grad": 4, "hardest": 5}
+             "contrastive_grad": 4, "hardest": 5, "lse_product": 6}
 _PAIR_METRICS = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
 
@@ -324,6 +324,13 @@ def pair_lse(a, b, scale, exclude_diag, row_scale=None, col_scale=None):
     lse = np.empty(a.shape[0], np.float64)
     _pair("lse", a, b, scale=float(scale), exclude_diag=int(bool(exclude_diag)), lse=lse,
           row_scale=_f64_or_none(row_scale), col_scale=_f64_or_none(col_scale))
+    return lse
+
+
+def pair_lse_product(a, b, scale, exclude_diag, gain, out, col_scale=None):
+    lse = np.empty(a.shape[0], np.float64)
+    _pair("lse_product", a, b, scale=float(scale), gain=float(gain), lse=lse, out=out,
+          exclude_diag=int(bool(exclude_diag)), col_scale=_f64_or_none(col_scale))
     return lse
 
 

@@ -249,6 +249,17 @@ def _reduce_rows(per_row, reduction):
     return (total / n if n else 0.0), (1.0 / n if n else 0.0)
 
 
+def _lse_and_product(mod, a, b, scale, exclude_diag, gain, out):
+    """The rows' log-sum-exp and out += gain softmax(scale a b^T) b: in one pass over
+    the tiles where the backend fuses them (C: an online softmax), else two."""
+    fused = getattr(mod, "pair_lse_product", None)
+    if fused is not None:
+        return fused(a, b, scale, exclude_diag, gain, out)
+    lse = mod.pair_lse(a, b, scale, exclude_diag)
+    mod.pair_softmax_product(a, b, scale, lse, None, exclude_diag, gain, out)
+    return lse
+
+
 def _need_rows(n, name, at_least=2):
     if n < at_least:
         raise ValueError(f"{name}: needs at least {at_least} embeddings (rows) to form "
@@ -582,7 +593,18 @@ def info_nce_loss(query, positive_key, negative_keys=None, *, temperature=0.1,
         gn = batch.back(gn.reshape(n * m, -1), nh, n_len).reshape(neg.shape)
         return value, (batch.back(gq, qh, q_len), batch.back(gk, kh, k_len), gn)
     pos = scale * rows.row_dots(qh, kh)
-    if neg is None:                   # in-batch: the diagonal of q k^T is the positive
+    g = (1.0 / n if reduction == "mean" and n else 1.0) * scale
+    if neg is None and return_grad:
+        # in-batch, the diagonal of q k^T the positive:
+        # dq_i = g (sum_j p_ij k_j - k_i),  dk_j = g (sum_i p_ij q_i - q_j)
+        gq, gk = batch.empty(qh.shape), batch.empty(kh.shape)
+        rows.scaled_copy(gq, kh, -g)
+        rows.scaled_copy(gk, qh, -g)
+        lse = _lse_and_product(mod, qh, kh, scale, False, g, gq)
+        mod.pair_softmax_product(kh, qh, scale, None, lse, False, g, gk)
+        value = batch.value(_reduce_rows(lse - pos, reduction)[0])
+        return value, (batch.back(gq, qh, q_len), batch.back(gk, kh, k_len))
+    if neg is None:
         lse = mod.pair_lse(qh, kh, scale, False)
     else:
         # the negatives are used as they are, with their inverse norms as column
@@ -590,19 +612,10 @@ def info_nce_loss(query, positive_key, negative_keys=None, *, temperature=0.1,
         n_len = np.sqrt(rows.row_dots(neg, neg))
         inv = 1.0 / np.maximum(n_len, NORM_EPS)
         lse = np.logaddexp(mod.pair_lse(qh, neg, scale, False, col_scale=inv), pos)
-    value, gain = _reduce_rows(lse - pos, reduction)
-    value = batch.value(value)
+    value = batch.value(_reduce_rows(lse - pos, reduction)[0])
     if not return_grad:
         return value
-    g = gain * scale
     gq, gk = batch.empty(qh.shape), batch.empty(kh.shape)
-    if neg is None:
-        # dq_i = g (sum_j p_ij k_j - k_i),  dk_j = g (sum_i p_ij q_i - q_j)
-        rows.scaled_copy(gq, kh, -g)
-        rows.scaled_copy(gk, qh, -g)
-        mod.pair_softmax_product(qh, kh, scale, lse, None, False, g, gq)
-        mod.pair_softmax_product(kh, qh, scale, None, lse, False, g, gk)
-        return value, (batch.back(gq, qh, q_len), batch.back(gk, kh, k_len))
     # with n^_j = n_j inv_j:  dq_i = g (sum_j p_ij n^_j + (p_i,pos - 1) k_i),
     # dk_i = g (p_i,pos - 1) q_i,  dn^_j = g sum_i p_ij q_i.  p_ij inv_j is the
     # product's coefficient with the column shift -log inv_j.
@@ -652,18 +665,17 @@ def nt_xent_loss(z1, z2, *, temperature=0.5, reduction="mean", return_grad=False
     z = batch.empty((2 * n, a.shape[1]))
     _, len1 = rows.normalize_rows(a, NORM_EPS, out=z[:n])
     _, len2 = rows.normalize_rows(b, NORM_EPS, out=z[n:])
-    lse = mod.pair_lse(z, z, scale, True)
     pos = scale * rows.row_dots(z[:n], z[n:])
-    value, gain = _reduce_rows(lse - np.concatenate([pos, pos]), reduction)
-    value = batch.value(value)
     if not return_grad:
-        return value
+        lse = mod.pair_lse(z, z, scale, True)
+        return batch.value(_reduce_rows(lse - np.concatenate([pos, pos]), reduction)[0])
     # dL/dz_i = g (sum_j p_ij z_j + sum_j p_ji z_j - 2 z_pos(i)), g = gain / temperature
-    g = gain * scale
+    g = (1.0 / (2 * n) if reduction == "mean" else 1.0) * scale
     grad = batch.empty(z.shape)
     rows.scaled_copy(grad[:n], z[n:], -2.0 * g)
     rows.scaled_copy(grad[n:], z[:n], -2.0 * g)
-    mod.pair_softmax_product(z, z, scale, lse, None, True, g, grad)
+    lse = _lse_and_product(mod, z, z, scale, True, g, grad)
     mod.pair_softmax_product(z, z, scale, None, lse, True, g, grad)
+    value = batch.value(_reduce_rows(lse - np.concatenate([pos, pos]), reduction)[0])
     # in place: the two halves of one buffer are the two gradients
     return value, (batch.back(grad[:n], z[:n], len1), batch.back(grad[n:], z[n:], len2))
