@@ -175,8 +175,8 @@ int fl_boxes_atan(int dtype, const void *x, void *y, int64_t n);
  *  5 hardest: pos[i] = the first j != i of equal label with the largest d,
  *    neg[i] = the first j of another label with the smallest d (-1: none)
  *  6 lse product: ops 1 and 2 in one pass: lse as op 1, and out (na, d) +=
- *    gain sum_j exp(scale g_ij - lse_i) b_j (an online softmax: the running
- *    sums are rescaled when a row's max grows) */
+ *    gain sum_j exp(scale g_ij - lse_i) col_weight_j b_j (an online softmax:
+ *    the running sums are rescaled when a row's max grows) */
 typedef struct {
     int op;
     int metric;              /* 0 euclidean, 1 sqeuclidean, 2 cosine */
@@ -193,6 +193,7 @@ typedef struct {
     const double *col_shift;
     const double *row_scale;  /* ops 1, 2: g_ij is taken as g_ij row_scale_i col_scale_j */
     const double *col_scale;  /* (NULL: 1), e.g. inverse norms instead of normalized copies */
+    const double *col_weight; /* op 6: the product uses b_j col_weight_j (NULL: 1) */
     double pos_margin, neg_margin, cpos, cneg;
     void *out;
     double *lse;

@@ -234,9 +234,14 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
             for (int64_t j = 0; j < nbt; j++)
                 w[j] = VM(exp)(s[j] - m);
             LANES_ADD(R->lanes[0], w, (int)nbt);
-            if (op == PW_OP_LSE_PRODUCT)
+            if (op == PW_OP_LSE_PRODUCT && A->col_weight) {
+                const double *cw = A->col_weight + j0;
+                for (int64_t j = 0; j < nbt; j++)
+                    pr[j * PW_MR] = w[j] * (T)cw[j];
+            } else if (op == PW_OP_LSE_PRODUCT) {
                 for (int64_t j = 0; j < nbt; j++)
                     pr[j * PW_MR] = w[j];
+            }
         } else if (op == PW_OP_SOFTMAX_PRODUCT) {
             const T ri = A->row_shift ? (T)A->row_shift[i] : (T)0;
             PW(scale_row)(A, i, j0, nbt, s);

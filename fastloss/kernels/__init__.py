@@ -224,11 +224,16 @@ with ``b is a`` and i == j, d = 0 exactly.
 
 pair_matrix(a, b, metric) -> (Na, Nb) array of d, in the dtype.
 
-pair_lse(a, b, scale, exclude_diag) -> float64 (Na,):
+pair_lse(a, b, scale, exclude_diag, row_scale=None, col_scale=None) -> float64 (Na,):
   lse_i = log sum_j exp(scale * g_ij), over j != i when exclude_diag (only
   with b is a).  Online: per row a running max and float64 sum over tiles.
+  row_scale (Na,) / col_scale (Nb,): float64 or None (1); where given, g_ij
+  is taken as g_ij row_scale_i col_scale_j (the factor scale rs_i cs_j in
+  float64, then the dtype, times g): inverse norms instead of normalized
+  copies.  The same in pair_softmax_product.
 
-pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out)
+pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out,
+                     row_scale=None, col_scale=None)
   -> None, adds into out (Na, D) of the dtype:
   out_i += gain * sum_j exp(scale * g_ij - row_shift_i - col_shift_j) * b_j
   (j != i when exclude_diag).  row_shift (Na,) / col_shift (Nb,) are float64
@@ -236,6 +241,12 @@ pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out)
   products in the dtype, added to a float64 row accumulator), then added to
   out.  With row_shift = lse from pair_lse this is softmax(S) b; with
   a and b swapped and col_shift = lse it is softmax(S)^T a.
+
+pair_lse_product(a, b, scale, exclude_diag, gain, out, col_scale=None, col_weight=None)
+  -> lse (optional: only the C backend has it; the loss layer composes the two
+  calls above elsewhere): pair_lse and pair_softmax_product with row_shift =
+  lse in one pass (an online softmax: the running sums of a row are rescaled
+  when its max grows); the product's b_j is weighted by col_weight_j.
 
 pair_contrastive_stats(x, labels, metric, pos_margin, neg_margin) -> float64 (N, 4):
   labels int64 (N,).  Row i over j != i, with d = d(x_i, x_j):
@@ -282,8 +293,10 @@ numpy versions in fastloss.losses.pairwise; numba_cuda has its own):
       xhat = x / max(||x||, eps) in the dtype (torch.nn.functional.normalize;
       a zero row stays zero), written into ``out`` (N, D) when given (a view
       of a larger array) and returned
-  normalize_rows_backward(g, xhat, norm, eps) -> dx (dtype, new array):
-      (g - xhat (xhat . g)) / norm where norm >= eps, else g / eps
+  normalize_rows_backward(g, xhat, norm, eps, out=None, raw=False) -> dx:
+      (g - xhat (xhat . g)) / norm where norm >= eps, else g / eps, into out
+      (may be g itself) or a new array; raw: the second argument is x itself
+      (xhat = x / max(norm, eps) on the fly)
   row_dots(a, b) -> float64 (N,): sum_d a_id b_id, accumulated in float64
   scaled_copy(out, a, coef) -> None: out = coef * a per row, coef a float or
       a float64 (N,) array, computed in float64, stored in the dtype

@@ -327,10 +327,11 @@ def pair_lse(a, b, scale, exclude_diag, row_scale=None, col_scale=None):
     return lse
 
 
-def pair_lse_product(a, b, scale, exclude_diag, gain, out, col_scale=None):
+def pair_lse_product(a, b, scale, exclude_diag, gain, out, col_scale=None, col_weight=None):
     lse = np.empty(a.shape[0], np.float64)
     _pair("lse_product", a, b, scale=float(scale), gain=float(gain), lse=lse, out=out,
-          exclude_diag=int(bool(exclude_diag)), col_scale=_f64_or_none(col_scale))
+          exclude_diag=int(bool(exclude_diag)), col_scale=_f64_or_none(col_scale),
+          col_weight=_f64_or_none(col_weight))
     return lse
 
 

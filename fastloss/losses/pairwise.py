@@ -249,14 +249,19 @@ def _reduce_rows(per_row, reduction):
     return (total / n if n else 0.0), (1.0 / n if n else 0.0)
 
 
-def _lse_and_product(mod, a, b, scale, exclude_diag, gain, out):
-    """The rows' log-sum-exp and out += gain softmax(scale a b^T) b: in one pass over
-    the tiles where the backend fuses them (C: an online softmax), else two."""
+def _lse_and_product(mod, a, b, scale, exclude_diag, gain, out, col_scale=None):
+    """lse_i = log sum_j exp(s_ij) and out_i += gain sum_j softmax_j(s_i.) b^_j, with
+    s_ij = scale a_i . b^_j and b^_j = b_j col_scale_j (col_scale None: b^ = b): in
+    one pass over the tiles where the backend fuses them (C: an online softmax),
+    else two."""
     fused = getattr(mod, "pair_lse_product", None)
     if fused is not None:
-        return fused(a, b, scale, exclude_diag, gain, out)
-    lse = mod.pair_lse(a, b, scale, exclude_diag)
-    mod.pair_softmax_product(a, b, scale, lse, None, exclude_diag, gain, out)
+        return fused(a, b, scale, exclude_diag, gain, out, col_scale=col_scale,
+                     col_weight=col_scale)
+    lse = mod.pair_lse(a, b, scale, exclude_diag, col_scale=col_scale)
+    # the product's weight col_scale_j enters as the column shift -log col_scale_j
+    mod.pair_softmax_product(a, b, scale, lse, None if col_scale is None else -np.log(col_scale),
+                             exclude_diag, gain, out, col_scale=col_scale)
     return lse
 
 
@@ -605,24 +610,26 @@ def info_nce_loss(query, positive_key, negative_keys=None, *, temperature=0.1,
         value = batch.value(_reduce_rows(lse - pos, reduction)[0])
         return value, (batch.back(gq, qh, q_len), batch.back(gk, kh, k_len))
     if neg is None:
-        lse = mod.pair_lse(qh, kh, scale, False)
-    else:
-        # the negatives are used as they are, with their inverse norms as column
-        # scales: no normalized copy of the (M, D) matrix
-        n_len = np.sqrt(rows.row_dots(neg, neg))
-        inv = 1.0 / np.maximum(n_len, NORM_EPS)
-        lse = np.logaddexp(mod.pair_lse(qh, neg, scale, False, col_scale=inv), pos)
-    value = batch.value(_reduce_rows(lse - pos, reduction)[0])
+        return batch.value(_reduce_rows(mod.pair_lse(qh, kh, scale, False) - pos, reduction)[0])
+    # the negatives are used as they are, with their inverse norms as column
+    # scales: no normalized copy of the (M, D) matrix
+    n_len = np.sqrt(rows.row_dots(neg, neg))
+    inv = 1.0 / np.maximum(n_len, NORM_EPS)
     if not return_grad:
-        return value
+        lse_neg = mod.pair_lse(qh, neg, scale, False, col_scale=inv)
+        return batch.value(_reduce_rows(np.logaddexp(lse_neg, pos) - pos, reduction)[0])
+    # lse_i = logaddexp(lse over the negatives, pos_i), p_i = exp(pos_i - lse_i):
+    # dq_i = g (sum_j p_ij n^_j + (p_i - 1) k_i) = g (1 - p_i) (F_i - k_i), F_i the
+    # softmax over the negatives alone times n^;  dk_i = g (p_i - 1) q_i;
+    # dn^_j = g sum_i p_ij q_i
     gq, gk = batch.empty(qh.shape), batch.empty(kh.shape)
-    # with n^_j = n_j inv_j:  dq_i = g (sum_j p_ij n^_j + (p_i,pos - 1) k_i),
-    # dk_i = g (p_i,pos - 1) q_i,  dn^_j = g sum_i p_ij q_i.  p_ij inv_j is the
-    # product's coefficient with the column shift -log inv_j.
+    rows.scaled_copy(gq, kh, -1.0)
+    lse_neg = _lse_and_product(mod, qh, neg, scale, False, 1.0, gq, col_scale=inv)
+    lse = np.logaddexp(lse_neg, pos)
+    value = batch.value(_reduce_rows(lse - pos, reduction)[0])
     c = g * (np.exp(pos - lse) - 1.0)
-    rows.scaled_copy(gq, kh, c)
+    rows.scaled_copy(gq, gq, -c)
     rows.scaled_copy(gk, qh, c)
-    mod.pair_softmax_product(qh, neg, scale, lse, -np.log(inv), False, g, gq, col_scale=inv)
     gn = batch.empty(neg.shape)
     rows.scaled_copy(gn, neg, 0.0)      # zeros, on the device
     mod.pair_softmax_product(neg, qh, scale, None, lse, False, g, gn, row_scale=inv)
