@@ -427,10 +427,11 @@ FL_ATTR static void PW(unit)(void *ctx, int64_t unit)
             const int64_t p0 = c * kc, k = D - p0 < kc ? D - p0 : kc;
             const T *ap = apack + c * (int64_t)mgroups * PW_MR * kc;
             PW(pack_cols)(b + j0 * D, D, nbt, p0, k, bpack);
-            for (int g = 0; g < mgroups; g++) {
-                const int rows = (int)(mb - g * PW_MR < PW_MR ? mb - g * PW_MR : PW_MR);
-                for (int q = 0; q < npanels; q++) {
-                    const int cols = (int)(nbt - q * NR < NR ? nbt - q * NR : NR);
+            /* a panel of b (k x NR) stays in L1 while the row groups stream by */
+            for (int q = 0; q < npanels; q++) {
+                const int cols = (int)(nbt - q * NR < NR ? nbt - q * NR : NR);
+                for (int g = 0; g < mgroups; g++) {
+                    const int rows = (int)(mb - g * PW_MR < PW_MR ? mb - g * PW_MR : PW_MR);
                     T *sij = S + (int64_t)g * PW_MR * PW_NB + q * NR;
                     if (c == 0) {
                         PW(micro)(k, ap + (int64_t)g * PW_MR * k, bpack + (int64_t)q * NR * k,

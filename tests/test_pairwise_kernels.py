@@ -55,15 +55,26 @@ def _diag(n, m):
     return k, k
 
 
-def spec_lse(a, b, scale, excl):
-    S = scale * (f64(a) @ f64(b).T)
+def _scaled_gram(a, b, rsc=None, csc=None):
+    """g_ij rs_i cs_j (row_scale / col_scale: None = 1)."""
+    G = f64(a) @ f64(b).T
+    if rsc is not None:
+        G = G * np.asarray(rsc, F64)[:, None]
+    if csc is not None:
+        G = G * np.asarray(csc, F64)[None, :]
+    return G
+
+
+def spec_lse(a, b, scale, excl, rsc=None, csc=None):
+    S = scale * _scaled_gram(a, b, rsc, csc)
     if excl:
         S[_diag(*S.shape)] = -np.inf
     return np.logaddexp.reduce(S, axis=1) if S.shape[1] else np.full(S.shape[0], -np.inf)
 
 
-def spec_softmax_product(a, b, scale, rs, cs, excl, gain):
-    S = scale * (f64(a) @ f64(b).T)
+def spec_softmax_product(a, b, scale, rs, cs, excl, gain, rsc=None, csc=None):
+    """(the product with the raw rows b, not the scaled ones)"""
+    S = scale * _scaled_gram(a, b, rsc, csc)
     S = S - (0.0 if rs is None else rs[:, None]) - (0.0 if cs is None else cs[None, :])
     P = np.exp(S)
     if excl:
@@ -166,11 +177,15 @@ def spec_normalize(x, eps):
     return x / np.maximum(nrm, eps)[:, None], nrm
 
 
-def spec_normalize_backward(g, xhat, nrm, eps):
+def spec_normalize_backward(g, xhat, nrm, eps, raw=False):
+    """raw: the second argument is x, xhat = x / max(norm, eps).  The gradient passes at
+    norm == eps (torch's clamp_min)."""
     g, xhat = f64(g), f64(xhat)
+    if raw:
+        xhat = xhat / np.maximum(nrm, eps)[:, None]
     dot = (g * xhat).sum(1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where((nrm > eps)[:, None], (g - xhat * dot) / nrm[:, None], g / eps)
+        return np.where((nrm >= eps)[:, None], (g - xhat * dot) / nrm[:, None], g / eps)
 
 
 def spec_rows_distance(x, i, j, metric):
@@ -408,6 +423,59 @@ def test_pair_softmax_product(be, dtype):
     be.call("pair_softmax_product", db, da, scale, None, lse, False, 1.0, out, skip=(7,))
     P = np.exp(scale * f64(a) @ f64(b).T - lse[:, None])
     close(out, P.T @ f64(a), dtype, scale=10.0)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_pair_lse_and_softmax_product_row_col_scale(be, dtype):
+    # un-normalized rows with their inverse norms as row_scale / col_scale: the Gram value
+    # g_ij rs_i cs_j before everything else; the product still with the raw rows b
+    rng = np.random.default_rng(19)
+    na, nb, D = be.pair_shape
+    a = rows(rng, na, D, dtype) * rng.uniform(0.5, 3.0, (na, 1)).astype(dtype)
+    b = rows(rng, nb, D, dtype) * rng.uniform(0.5, 3.0, (nb, 1)).astype(dtype)
+    rsc = 1.0 / np.linalg.norm(f64(a), axis=1)
+    csc = 1.0 / np.linalg.norm(f64(b), axis=1)
+    da, db = be.put(a), be.put(b)
+    scale = 2.5
+    cases = ((rsc, None), (None, csc), (rsc, csc))
+    for r, c in cases:
+        lse = be.call("pair_lse", da, db, scale, False, r, c)
+        assert lse.dtype == F64 and lse.shape == (na,)
+        want = spec_lse(a, b, scale, False, r, c)
+        close(lse, want, dtype, scale=10.0)
+        assert np.abs(want - spec_lse(a, b, scale, False)).min() > 1e-3   # the scales count
+        out0 = rng.standard_normal((na, D)).astype(dtype)
+        out = be.put(out0)
+        # shifts near the lse: a softmax, results of the size of b
+        rs = spec_lse(a, b, scale, False, r, c) + 0.1 * rng.standard_normal(na)
+        cs = 0.3 * rng.standard_normal(nb) if c is not None else None
+        assert be.call("pair_softmax_product", da, db, scale, rs, cs, False, 0.5, out, r, c,
+                       skip=(7,)) is None
+        want = out0 + spec_softmax_product(a, b, scale, rs, cs, False, 0.5, r, c)
+        close(out, want, dtype, scale=10.0)
+    # one set against itself, cosine-style (rs = cs = 1 / norm), the diagonal excluded; with
+    # the unit rows given instead the same results (to the dtype's rounding)
+    unit = (f64(a) * rsc[:, None]).astype(dtype)
+    for r, c in ((rsc, rsc), (rsc, None)):
+        lse = be.call("pair_lse", da, da, scale, True, r, c)
+        want = spec_lse(a, a, scale, True, r, c)
+        close(lse, want, dtype, scale=10.0)
+        if c is not None:
+            close(lse, spec_lse(unit, unit, scale, True), dtype, scale=100.0)
+        out = be.put(np.zeros((na, D), dtype))
+        be.call("pair_softmax_product", da, da, scale, lse, None, True, 1.0, out, r, c,
+                skip=(7,))
+        close(out, spec_softmax_product(a, a, scale, lse, None, True, 1.0, r, c), dtype,
+              scale=10.0)
+    # row_scale / col_scale of ones: the results of None, bit for bit
+    np.testing.assert_array_equal(
+        be.call("pair_lse", da, db, scale, False, np.ones(na), np.ones(nb)),
+        be.call("pair_lse", da, db, scale, False))
+    with pytest.raises(ValueError, match="col_scale"):
+        be.module.pair_lse(da, db, scale, False, None, np.ones(nb + 1))
+    with pytest.raises(ValueError, match="row_scale"):
+        be.module.pair_softmax_product(da, db, scale, None, None, False, 1.0,
+                                       be.put(np.zeros((na, D), dtype)), np.ones(na - 1))
 
 
 def test_pair_softmax_product_tiny_shapes(be):
@@ -678,6 +746,47 @@ def test_numba_cuda_normalize_rows(gpu, dtype):
     host = to_host(big)
     close(host[3:12], spec_normalize(x, 1e-12)[0], dtype)
     assert (host[:3] == 7).all() and (host[12:] == 7).all()
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_numba_cuda_normalize_rows_backward_raw_out_in_place(gpu, dtype):
+    rng = np.random.default_rng(20)
+    x = rows(rng, 9, 5, dtype) * 3
+    x[2] = 0.0                     # norm 0 < eps: g / eps
+    x[4] = 1e-14
+    g = rng.standard_normal(x.shape).astype(dtype)
+    dx, dg = gpu.put(x), gpu.put(g)
+    for eps in (1e-12, 0.5):
+        _, nrm = spec_normalize(x, eps)
+        nrm[6] = eps        # norm == eps exactly: the gradient passes (>=), not g / eps
+        xhat = gpu.put((f64(x) / np.maximum(nrm, eps)[:, None]).astype(dtype))
+        want = spec_normalize_backward(g, xhat, nrm, eps)
+        assert np.abs(want[6] - f64(g)[6] / eps).max() > 1e-3
+        tol = 1.0 / eps if eps > 1e-6 else 1.0
+        back = gpu.call("normalize_rows_backward", dg, xhat, nrm, eps)
+        close(back, want, dtype, scale=tol)
+        # raw: x itself, xhat on the fly (in float64: not the rounded xhat)
+        want_raw = spec_normalize_backward(g, x, nrm, eps, raw=True)
+        raw = gpu.call("normalize_rows_backward", dg, dx, nrm, eps, None, True)
+        assert to_host(raw).dtype == dtype and tuple(raw.shape) == x.shape
+        close(raw, want_raw, dtype, scale=tol)
+        # into out (a view of a larger array), returned
+        big = gpu.put(np.full((12, 5), 7.0, dtype))
+        view = big[2:11]
+        res = gpu.call("normalize_rows_backward", dg, dx, nrm, eps, view, True, skip=(4,))
+        assert res is view
+        host = to_host(big)
+        np.testing.assert_array_equal(host[2:11], to_host(raw))
+        assert (host[:2] == 7).all() and (host[11:] == 7).all()
+        # in place: out is g
+        for second, is_raw, ref in ((xhat, False, back), (dx, True, raw)):
+            dg2 = gpu.put(g)
+            res = gpu.call("normalize_rows_backward", dg2, second, nrm, eps, dg2, is_raw,
+                           skip=(0, 4))
+            assert res is dg2
+            np.testing.assert_array_equal(to_host(dg2), to_host(ref))
+    with pytest.raises(ValueError, match="out"):
+        gpu.module.normalize_rows_backward(dg, dx, nrm, 1e-12, gpu.put(np.zeros((9, 4), dtype)))
 
 
 def test_numba_cuda_row_dots_and_scaled_copy(gpu):

@@ -142,6 +142,15 @@ def matrix_tile(G, r, nc, c0, gi, ni, nB, metric, same, out):
         out[gi, gj] = 0.0 if (same and gj == gi) else d
 
 
+def scale_tile(G, r, nc, c0, fi, cs, cf):
+    """The tile row (in the dtype, the Gram values g) becomes s = f_ij g in the dtype, the
+    factor f_ij = fi * cs[c0 + j] (fi = scale * row_scale_i; float64) rounded to the dtype
+    through cf, a 1-entry array of the dtype (C: s = (T)(scale rs_i cs_j) * g)."""
+    for j in range(nc):
+        cf[0] = fi * cs[c0 + j]
+        G[r, j] = G[r, j] * cf[0]
+
+
 def lse_tile(G, r, nc, c0, gi, excl, scale, m, s):
     """(m, s) of the row's log-sum-exp of scale * g, merged with this tile's."""
     mt = NINF
@@ -254,12 +263,19 @@ def normalize_row(x, i, D, eps, out):
     return nrm
 
 
-def normalize_backward_row(g, xhat, i, D, nrm, eps, dx):
-    """dx[i] = (g - xhat (xhat . g)) / norm where norm > eps, else g / eps."""
-    if nrm > eps:
-        dot = row_dot(xhat, g, i, D)
+def normalize_backward_row(g, x, i, D, nrm, eps, raw, dx):
+    """dx[i] = (g - xhat (xhat . g)) / norm where norm >= eps (and > 0), else g / eps
+    (0 for eps == 0 and a zero row), xhat = x[i] or, with raw, x[i] / norm (x the
+    un-normalized rows; float64).  Reads all of row i of g (the dot) before writing
+    dx[i], and each element before writing it: dx may be g."""
+    if nrm >= eps and nrm > 0.0:
+        dot = 0.0
         for d in range(D):
-            dx[i, d] = (float(g[i, d]) - float(xhat[i, d]) * dot) / nrm
+            xh = float(x[i, d]) / nrm if raw else float(x[i, d])
+            dot += xh * float(g[i, d])
+        for d in range(D):
+            xh = float(x[i, d]) / nrm if raw else float(x[i, d])
+            dx[i, d] = (float(g[i, d]) - xh * dot) / nrm
     elif eps > 0.0:
         for d in range(D):
             dx[i, d] = float(g[i, d]) / eps
@@ -359,7 +375,7 @@ def info_nce_row(q, k, ne, i, D, M, scale, want_grad, gain, gq, gk, gneg, acc, a
 SCALARS = (vmax, relu, pair_distance, lse_merge, lse_finish, contrastive_coef,
            contrastive_weight, better, pnorm_pow, pnorm_root, pnorm_grad)
 # in dependency order
-LOOPS = (matrix_tile, lse_tile, softmax_tile, stats_tile, weight_tile, hardest_tile,
+LOOPS = (matrix_tile, scale_tile, lse_tile, softmax_tile, stats_tile, weight_tile, hardest_tile,
          row_sqnorm, row_dot, rows_distance, normalize_row, normalize_backward_row,
          triplet_row, neg_dot, info_nce_row)
 

@@ -1368,6 +1368,10 @@ def boxes(call):
 # made once per call -- and vectorises) and copied into a float64 tile, then
 # each row of that tile is used by a ._pairmath tile-row function carrying the
 # row's float64 state (running lse, sums, argmax / argmin) from tile to tile.
+# For pair_lse / pair_softmax_product the Gram tile is first scaled per entry
+# in the dtype, s = (scale rs_i cs_j) g with the factor computed in float64
+# and rounded to the dtype (row_scale / col_scale: ones when absent), as C;
+# the tile-row functions then see scale 1.
 # The product kernels (pair_softmax_product, pair_contrastive_grad) overwrite
 # the tile with the weights (P or W), round them to the dtype, multiply the
 # tile row with the b tile in the dtype and add that into the unit's float64
@@ -1408,6 +1412,7 @@ def _build_pair_tiles(parallel):
     from . import _pairmath
     pm = _pair_math()
     matrix_tile, lse_tile, softmax_tile = pm["matrix_tile"], pm["lse_tile"], pm["softmax_tile"]
+    scale_tile = pm["scale_tile"]
     stats_tile, weight_tile, hardest_tile = (pm["stats_tile"], pm["weight_tile"],
                                              pm["hardest_tile"])
     lse_finish = pm["lse_finish"]
@@ -1464,8 +1469,8 @@ def _build_pair_tiles(parallel):
         return sw
 
     @jit
-    def unit(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, excl, lab, nA, nB, out,
-             res, idx, t):
+    def unit(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, rsc, csc, excl, lab, nA, nB,
+             out, res, idx, t):
         Na, D = a.shape
         Nb = b.shape[0]
         r0 = t * TR
@@ -1475,6 +1480,8 @@ def _build_pair_tiles(parallel):
         prod = mode == P_SOFTMAX or mode == P_GRAD
         acc = np.zeros((nr if prod else 1, D))
         tp = np.empty(D, a.dtype)
+        cf = np.empty(1, a.dtype)
+        scaled = mode == P_LSE or mode == P_SOFTMAX   # s = (p0 rsc_i csc_j) g in the dtype
         st = np.zeros((nr, 4))      # per-row float64 state
         ji = np.full((nr, 2), -1, np.int64)
         if mode == P_LSE:
@@ -1483,17 +1490,20 @@ def _build_pair_tiles(parallel):
         for c0 in range(0, Nb, TC):
             nc = min(TC, Nb - c0)
             gram(a, bT, r0, nr, c0, nc, G)
+            if scaled:
+                for r in range(nr):
+                    scale_tile(G, r, nc, c0, p0 * rsc[r0 + r], csc, cf)
             widen(G, nr, nc, Gd)
             for r in range(nr):
                 gi = r0 + r
                 if mode == P_MATRIX:
                     matrix_tile(Gd, r, nc, c0, gi, nA[gi], nB, metric, same, out)
                 elif mode == P_LSE:
-                    m, s = lse_tile(Gd, r, nc, c0, gi, excl, p0, st[r, 0], st[r, 1])
+                    m, s = lse_tile(Gd, r, nc, c0, gi, excl, 1.0, st[r, 0], st[r, 1])
                     st[r, 0] = m
                     st[r, 1] = s
                 elif mode == P_SOFTMAX:
-                    softmax_tile(Gd, r, nc, c0, gi, excl, p0, rs[gi], cs)
+                    softmax_tile(Gd, r, nc, c0, gi, excl, 1.0, rs[gi], cs)
                     product(Gd, G, r, nc, c0, b, tp, acc)
                 elif mode == P_GRAD:
                     weight_tile(Gd, r, nc, c0, gi, nA[gi], nB, lab[gi], lab, metric, p0, p1, p2,
@@ -1537,11 +1547,11 @@ def _build_pair_tiles(parallel):
                         out[gi, d] = np.float64(a[gi, d]) * sw - acc[r, d]
 
     @numba.njit(parallel=parallel, nogil=True)
-    def kernel(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, excl, lab, nA, nB, out,
-               res, idx):
+    def kernel(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, rsc, csc, excl, lab, nA,
+               nB, out, res, idx):
         for t in numba.prange((a.shape[0] + TR - 1) // TR):
-            unit(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, excl, lab, nA, nB, out,
-                 res, idx, np.int64(t))
+            unit(mode, a, b, bT, same, metric, p0, p1, p2, p3, rs, cs, rsc, csc, excl, lab, nA,
+                 nB, out, res, idx, np.int64(t))
     kernel.unit = unit   # for inspection
     return kernel
 
@@ -1613,9 +1623,10 @@ def _pair_labels(labels, n):
     return lab
 
 
-def _pair_shift(name, shift, n):
+def _pair_shift(name, shift, n, default=0.0):
+    """A float64 (n,) host vector: ``shift``, or ``default`` everywhere for None."""
     if shift is None:
-        return np.zeros(n, np.float64)
+        return np.full(n, default, np.float64)
     shift = np.ascontiguousarray(shift, dtype=np.float64)
     if shift.shape != (n,):
         raise ValueError(f"{name}: expected shape ({n},), got {shift.shape}")
@@ -1628,7 +1639,7 @@ def _pair_sqnorms(x):
 
 
 def _pair_tiles(mode, a, b, same, metric=0, params=(0.0, 0.0, 0.0, 0.0), rs=None, cs=None,
-                excl=False, lab=None, out=None, res=None, idx=None):
+                rsc=None, csc=None, excl=False, lab=None, out=None, res=None, idx=None):
     dtype = a.dtype
     parallel = _pair_parallel()
     kernel = _built.get(("pair_tiles", parallel), lambda: _build_pair_tiles(parallel))
@@ -1638,7 +1649,9 @@ def _pair_tiles(mode, a, b, same, metric=0, params=(0.0, 0.0, 0.0, 0.0), rs=None
     kernel(np.int64(mode), a, b, bT, bool(same), np.int64(metric),
            *(float(p) for p in params),
            np.zeros(a.shape[0]) if rs is None else rs,
-           np.zeros(b.shape[0]) if cs is None else cs, bool(excl),
+           np.zeros(b.shape[0]) if cs is None else cs,
+           np.ones(a.shape[0]) if rsc is None else rsc,
+           np.ones(b.shape[0]) if csc is None else csc, bool(excl),
            np.zeros(1, np.int64) if lab is None else lab, nA, nB,
            np.zeros((1, 1), dtype) if out is None else out,
            np.zeros((1, 4)) if res is None else res,
@@ -1654,23 +1667,29 @@ def pair_matrix(a, b, metric):
     return out
 
 
-def pair_lse(a, b, scale, exclude_diag):
+def pair_lse(a, b, scale, exclude_diag, row_scale=None, col_scale=None):
     a, b, same = _pair_operands(a, b)
+    rsc = _pair_shift("row_scale", row_scale, a.shape[0], 1.0)
+    csc = _pair_shift("col_scale", col_scale, b.shape[0], 1.0)
     res = np.empty((a.shape[0], 4))
-    _pair_tiles(P_LSE, a, b, same, params=(scale, 0.0, 0.0, 0.0), excl=exclude_diag, res=res)
+    _pair_tiles(P_LSE, a, b, same, params=(scale, 0.0, 0.0, 0.0), rsc=rsc, csc=csc,
+                excl=exclude_diag, res=res)
     return np.ascontiguousarray(res[:, 0])
 
 
-def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out):
+def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out,
+                         row_scale=None, col_scale=None):
     a, b, same = _pair_operands(a, b)
     if not isinstance(out, np.ndarray) or out.dtype != a.dtype or out.shape != a.shape:
         raise ValueError(f"out: expected a {a.dtype} array of shape {a.shape}, got "
                          f"{getattr(out, 'dtype', type(out))} {np.shape(out)}")
     rs = _pair_shift("row_shift", row_shift, a.shape[0])
     cs = _pair_shift("col_shift", col_shift, b.shape[0])
+    rsc = _pair_shift("row_scale", row_scale, a.shape[0], 1.0)
+    csc = _pair_shift("col_scale", col_scale, b.shape[0], 1.0)
     work = out if out.flags.c_contiguous else np.ascontiguousarray(out)
     _pair_tiles(P_SOFTMAX, a, b, same, params=(scale, gain, 0.0, 0.0), rs=rs, cs=cs,
-                excl=exclude_diag, out=work)
+                rsc=rsc, csc=csc, excl=exclude_diag, out=work)
     if work is not out:
         out[...] = work
 

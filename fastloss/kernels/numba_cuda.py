@@ -996,7 +996,10 @@ def box_values(array, index: int) -> np.ndarray:
 # each thread summing its fixed entries in registers; then thread r < TR
 # walks row r of the tile in column order with the ._pairmath tile-row
 # function, carrying its row's float64 state (lse, sums, argmax / argmin) in
-# registers.  The product kernels replace the tile by the weights (P or W, in
+# registers (pair_lse / pair_softmax_product: the thread first scales its tile
+# row in the dtype, s = (scale rs_i cs_j) g, the factor computed in float64 and
+# rounded to the dtype, as C; ones for absent row_scale / col_scale).
+# The product kernels replace the tile by the weights (P or W, in
 # the dtype) and multiply it with the b tile: thread-owned entries (r, d) of
 # the row tile, the tile's sum over columns in the dtype, added into a float64
 # per-split accumulator (S, Na, D).  Each split writes its own partials (no
@@ -1056,6 +1059,7 @@ def _build_pair_tiles(dt):
     matrix_pair = pm["pair_distance"]
     lse_tile, softmax_tile, stats_tile = pm["lse_tile"], pm["softmax_tile"], pm["stats_tile"]
     weight_tile, hardest_tile = pm["weight_tile"], pm["hardest_tile"]
+    scale_tile = pm["scale_tile"]
     lse_merge, lse_finish, better = pm["lse_merge"], pm["lse_finish"], pm["better"]
     threads, TR, TC, _, DK = _pair_geometry()
     EPT = (TR * TC) // threads      # tile entries per thread
@@ -1124,9 +1128,10 @@ def _build_pair_tiles(dt):
             e += cuda.gridsize(1)
 
     @cuda.jit
-    def rows_kernel(mode, a, b, excl, metric, scale, pm_, nm_, lab, nA, nB, tps, ntc, parts,
-                    iparts):
+    def rows_kernel(mode, a, b, excl, metric, scale, rsc, csc, pm_, nm_, lab, nA, nB, tps, ntc,
+                    parts, iparts):
         G = cuda.shared.array((TR, TC), dt)
+        cf = cuda.local.array(1, dt)
         tid = cuda.threadIdx.x
         Na = a.shape[0]
         Nb = b.shape[0]
@@ -1140,6 +1145,7 @@ def _build_pair_tiles(dt):
         labelled = mode != P_LSE
         yi = lab[gi] if (mine and labelled) else 0
         ni = nA[gi] if mine else 0.0
+        fi = scale * rsc[gi] if (mine and not labelled) else 0.0
         v0 = NINF if mode == P_LSE else 0.0
         v1 = 0.0
         v2 = 0.0
@@ -1152,8 +1158,9 @@ def _build_pair_tiles(dt):
             gram(G, a, b, r0, nr, c0, nc)
             cuda.syncthreads()
             if mine:
-                if mode == P_LSE:
-                    v0, v1 = lse_tile(G, tid, nc, c0, gi, excl, scale, v0, v1)
+                if mode == P_LSE:   # s = (scale rsc_i csc_j) g in the dtype, row tid only
+                    scale_tile(G, tid, nc, c0, fi, csc, cf)
+                    v0, v1 = lse_tile(G, tid, nc, c0, gi, excl, 1.0, v0, v1)
                 elif mode == P_STATS:
                     v0, v1, v2, v3 = stats_tile(G, tid, nc, c0, gi, ni, nB, yi, lab, metric, pm_,
                                                 nm_, v0, v1, v2, v3)
@@ -1202,9 +1209,10 @@ def _build_pair_tiles(dt):
             i += cuda.gridsize(1)
 
     @cuda.jit
-    def prod_kernel(mode, a, b, excl, metric, scale, rs, cs, pm_, nm_, cpos, cneg, lab, nA, nB,
-                    tps, ntc, acc, sw):
+    def prod_kernel(mode, a, b, excl, metric, scale, rs, cs, rsc, csc, pm_, nm_, cpos, cneg, lab,
+                    nA, nB, tps, ntc, acc, sw):
         G = cuda.shared.array((TR, TC), dt)
+        cf = cuda.local.array(1, dt)
         tid = cuda.threadIdx.x
         Na, D = a.shape
         Nb = b.shape[0]
@@ -1219,6 +1227,7 @@ def _build_pair_tiles(dt):
         yi = lab[gi] if (mine and not softmax) else 0
         ni = nA[gi] if mine else 0.0
         rsi = rs[gi] if (mine and softmax) else 0.0
+        fi = scale * rsc[gi] if (mine and softmax) else 0.0
         swacc = 0.0
         for t in range(t_lo, t_hi):
             c0 = t * TC
@@ -1226,8 +1235,9 @@ def _build_pair_tiles(dt):
             gram(G, a, b, r0, nr, c0, nc)
             cuda.syncthreads()
             if mine:
-                if softmax:
-                    softmax_tile(G, tid, nc, c0, gi, excl, scale, rsi, cs)
+                if softmax:     # s = (scale rsc_i csc_j) g in the dtype, row tid only
+                    scale_tile(G, tid, nc, c0, fi, csc, cf)
+                    softmax_tile(G, tid, nc, c0, gi, excl, 1.0, rsi, cs)
                 else:
                     swacc += weight_tile(G, tid, nc, c0, gi, ni, nB, yi, lab, metric, pm_, nm_,
                                          cpos, cneg)
@@ -1297,10 +1307,11 @@ def _build_pair_rows():
             i += cuda.gridsize(1)
 
     @cuda.jit
-    def normalize_backward(g, xhat, nrm, eps, dx):
+    def normalize_backward(g, x, nrm, eps, raw, dx):
+        # one thread per row: it reads its row of g before writing it (dx may be g)
         i = cuda.grid(1)
         while i < g.shape[0]:
-            normalize_backward_row(g, xhat, i, g.shape[1], nrm[i], eps, dx)
+            normalize_backward_row(g, x, i, g.shape[1], nrm[i], eps, raw, dx)
             i += cuda.gridsize(1)
 
     @cuda.jit
@@ -1440,7 +1451,7 @@ def _pair_norms(x):
 
 
 def _pair_rows_pass(mode, a, b, same, excl=False, metric=0, scale=0.0, pm_=0.0, nm_=0.0,
-                    lab=None):
+                    lab=None, rsc=None, csc=None):
     """(res (Na, 4) float64, idx (Na, 2) int64) on the host for LSE / STATS / HARDEST."""
     na, nb = a.shape[0], b.shape[0]
     res = np.zeros((na, 4))
@@ -1457,8 +1468,11 @@ def _pair_rows_pass(mode, a, b, same, excl=False, metric=0, scale=0.0, pm_=0.0, 
     d_lab = cuda.to_device(lab if lab is not None else np.zeros(1, np.int64))
     parts = cuda.device_array((S, na, 4), np.float64)
     iparts = cuda.device_array((S, na, 2), np.int64)
+    d_rsc = cuda.to_device(rsc if rsc is not None else np.ones(1))
+    d_csc = cuda.to_device(csc if csc is not None else np.ones(1))
     rows_kernel[(rt, S), threads](np.int64(mode), a, b, bool(excl), np.int64(metric),
-                                   float(scale), float(pm_), float(nm_), d_lab, nA, nB,
+                                   float(scale), d_rsc, d_csc, float(pm_), float(nm_), d_lab,
+                                   nA, nB,
                                    np.int64(tps), np.int64(ntc), parts, iparts)
     d_res = cuda.device_array((na, 4), np.float64)
     d_idx = cuda.device_array((na, 2), np.int64)
@@ -1467,7 +1481,7 @@ def _pair_rows_pass(mode, a, b, same, excl=False, metric=0, scale=0.0, pm_=0.0, 
 
 
 def _pair_prod_pass(mode, a, b, excl, metric, scale, pm_, nm_, cpos, cneg, rs, cs, lab, gain,
-                    out):
+                    out, rsc=None, csc=None):
     """The product kernels: out += gain * P b (SOFTMAX) or out = the contrastive gradient."""
     na, nb = a.shape[0], b.shape[0]
     D = a.shape[1]
@@ -1484,10 +1498,13 @@ def _pair_prod_pass(mode, a, b, excl, metric, scale, pm_, nm_, cpos, cneg, rs, c
         d_lab = cuda.to_device(lab if lab is not None else np.zeros(1, np.int64))
         d_rs = cuda.to_device(rs if rs is not None else np.zeros(1))
         d_cs = cuda.to_device(cs if cs is not None else np.zeros(1))
+        d_rsc = cuda.to_device(rsc if rsc is not None else np.ones(1))
+        d_csc = cuda.to_device(csc if csc is not None else np.ones(1))
         acc = cuda.device_array((S, na, D), np.float64)
         sw = cuda.device_array((S, na), np.float64)
         prod_kernel[(rt, S), threads](np.int64(mode), a, b, bool(excl), np.int64(metric),
-                                       float(scale), d_rs, d_cs, float(pm_), float(nm_),
+                                       float(scale), d_rs, d_cs, d_rsc, d_csc, float(pm_),
+                                       float(nm_),
                                        float(cpos), float(cneg), d_lab, nA, nB, np.int64(tps),
                                        np.int64(ntc), acc, sw)
     prod_fold[_blocks(na * D), threads](np.int64(mode), np.int64(S), np.int64(metric),
@@ -1509,13 +1526,22 @@ def pair_matrix(a, b, metric):
     return out
 
 
-def pair_lse(a, b, scale, exclude_diag):
+def _pair_scale(name, v, n):
+    """row_scale / col_scale as a float64 host vector (ones for None)."""
+    return np.ones(n) if v is None else _host_vector(name, v, n, np.float64)
+
+
+def pair_lse(a, b, scale, exclude_diag, row_scale=None, col_scale=None):
     a, b, same = _pair_operands(a, b)
-    res, _ = _pair_rows_pass(P_LSE, a, b, same, excl=exclude_diag, scale=scale)
+    rsc = _pair_scale("row_scale", row_scale, a.shape[0])
+    csc = _pair_scale("col_scale", col_scale, b.shape[0])
+    res, _ = _pair_rows_pass(P_LSE, a, b, same, excl=exclude_diag, scale=scale, rsc=rsc,
+                             csc=csc)
     return np.ascontiguousarray(res[:, 0])
 
 
-def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out):
+def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out,
+                         row_scale=None, col_scale=None):
     a, b, same = _pair_operands(a, b)
     out = _as_device(out)
     if np.dtype(out.dtype) != np.dtype(a.dtype) or tuple(out.shape) != tuple(a.shape):
@@ -1526,8 +1552,10 @@ def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, 
                                                               np.float64)
     cs = np.zeros(nb) if col_shift is None else _host_vector("col_shift", col_shift, nb,
                                                               np.float64)
+    rsc = _pair_scale("row_scale", row_scale, na)
+    csc = _pair_scale("col_scale", col_scale, nb)
     _pair_prod_pass(P_SOFTMAX, a, b, exclude_diag, 0, scale, 0.0, 0.0, 0.0, 0.0, rs, cs, None,
-                    gain, out)
+                    gain, out, rsc, csc)
 
 
 def _pair_labelled(x, labels):
@@ -1632,19 +1660,30 @@ def normalize_rows(x, eps, out=None):
     return out, nrm.copy_to_host()
 
 
-def normalize_rows_backward(g, xhat, norm, eps):
+def normalize_rows_backward(g, xhat, norm, eps, out=None, raw=False):
+    """dx = (g - xhat (xhat . g)) / norm where norm >= eps, else g / eps.  With raw, the
+    second argument is the un-normalized rows x (xhat = x / max(norm, eps), on the fly).
+    Into ``out`` when given (it may be g: in place) and returned, else a new array."""
     g = _pair_device("g", g)
-    xhat = _pair_device("xhat", xhat)
-    if tuple(xhat.shape) != tuple(g.shape) or np.dtype(xhat.dtype) != np.dtype(g.dtype):
-        raise ValueError(f"xhat: expected the shape and dtype of g {tuple(g.shape)}, got "
-                         f"{tuple(xhat.shape)}")
+    xhat = _pair_device("x" if raw else "xhat", xhat)
+    dtype = np.dtype(g.dtype)
+    if tuple(xhat.shape) != tuple(g.shape) or np.dtype(xhat.dtype) != dtype:
+        raise ValueError(f"{'x' if raw else 'xhat'}: expected the shape and dtype of g "
+                         f"{tuple(g.shape)} {dtype}, got {tuple(xhat.shape)} "
+                         f"{np.dtype(xhat.dtype)}")
     n = g.shape[0]
     nrm = _host_vector("norm", norm, n, np.float64)
-    dx = cuda.device_array(tuple(g.shape), np.dtype(g.dtype))
+    if out is None:
+        dx = cuda.device_array(tuple(g.shape), dtype)
+    else:
+        dx = _as_device(out)
+        if tuple(dx.shape) != tuple(g.shape) or np.dtype(dx.dtype) != dtype:
+            raise ValueError(f"out: expected a {dtype} array of shape {tuple(g.shape)}, got "
+                             f"{np.dtype(dx.dtype)} {tuple(dx.shape)}")
     if n:
         threads, _ = _geometry()
         _pair_rows_kernels()["normalize_backward"][_blocks(n), threads](
-            g, xhat, cuda.to_device(nrm), float(eps), dx)
+            g, xhat, cuda.to_device(nrm), float(eps), bool(raw), dx)
     return dx
 
 
