@@ -27,7 +27,7 @@
 #endif
 
 #define PW_MR 6           /* rows of a micro-tile */
-#define PW_MB 96          /* rows of a row tile: a multiple of PW_MR */
+#define PW_MB 192         /* rows of a row tile: a multiple of PW_MR (each b tile is packed once per row tile) */
 #define PW_NB 128         /* rows of b per column tile: a multiple of every NR (<= 32) */
 #define PW_KC 256         /* most columns (of D) per packed panel */
 
