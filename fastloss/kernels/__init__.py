@@ -28,6 +28,21 @@ class BuildOnce:
         return item
 
 
+def compile_into(namespace: dict, groups) -> dict:
+    """Plain-Python kernel math compiled for one Numba target: for each
+    ``(functions, jit)`` group in order, every function rebound to
+    ``namespace`` (its globals: the compiled versions, so the functions call
+    each other compiled) and compiled with ``jit``.  Returns {name: compiled}."""
+    import types
+    out = {}
+    for functions, jit in groups:
+        for fn in functions:
+            compiled = jit(types.FunctionType(fn.__code__, namespace, fn.__name__,
+                                              fn.__defaults__))
+            namespace[fn.__name__] = out[fn.__name__] = compiled
+    return out
+
+
 @dataclass(slots=True)
 class ElementwiseCall:
     """One elementwise kernel call, already validated and laid out.

@@ -279,18 +279,11 @@ def compile_for(jit, loop_jit=None, primitives=None):
     ones).  The functions call each other through one namespace holding the
     compiled versions."""
     import builtins
-    import types
 
+    from . import compile_into
     namespace = {"math": math, "__builtins__": builtins}
     namespace.update({name: globals()[name] for name in PRIMITIVES})
     namespace.update({name: globals()[name] for name in (
         "NONE", "SOFTMAX", "SIGMOID", "T_U8", "T_I32", "T_I64", "T_FLOAT", "NINF")})
     namespace.update(primitives or {})
-    loop_jit = loop_jit or jit
-    out = {}
-    for fns, j in ((SCALARS, jit), (LOOPS, loop_jit)):
-        for fn in fns:
-            compiled = j(types.FunctionType(fn.__code__, namespace, fn.__name__,
-                                            fn.__defaults__))
-            namespace[fn.__name__] = out[fn.__name__] = compiled
-    return out
+    return compile_into(namespace, ((SCALARS, jit), (LOOPS, loop_jit or jit)))
