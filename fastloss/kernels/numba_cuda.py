@@ -1127,21 +1127,25 @@ def _build_pair_tiles(dt):
             out[i, j] = 0.0 if (same and i == j) else v
             e += cuda.gridsize(1)
 
+    @cuda.jit(device=True)
+    def block_tiles(Na, tps, ntc):
+        """This block's row tile (r0, nr), split s and column tiles [t_lo, t_hi), and
+        this thread's row gi (mine: within the tile)."""
+        r0 = cuda.blockIdx.x * TR
+        nr = min(TR, Na - r0)
+        s = cuda.blockIdx.y
+        t_lo = s * tps
+        return r0, nr, s, t_lo, min(t_lo + tps, ntc), r0 + cuda.threadIdx.x, \
+            cuda.threadIdx.x < nr
+
     @cuda.jit
     def rows_kernel(mode, a, b, excl, metric, scale, rsc, csc, pm_, nm_, lab, nA, nB, tps, ntc,
                     parts, iparts):
         G = cuda.shared.array((TR, TC), dt)
         cf = cuda.local.array(1, dt)
         tid = cuda.threadIdx.x
-        Na = a.shape[0]
         Nb = b.shape[0]
-        r0 = cuda.blockIdx.x * TR
-        nr = min(TR, Na - r0)
-        s = cuda.blockIdx.y
-        t_lo = s * tps
-        t_hi = min(t_lo + tps, ntc)
-        gi = r0 + tid
-        mine = tid < nr
+        r0, nr, s, t_lo, t_hi, gi, mine = block_tiles(a.shape[0], tps, ntc)
         labelled = mode != P_LSE
         yi = lab[gi] if (mine and labelled) else 0
         ni = nA[gi] if mine else 0.0
@@ -1214,15 +1218,9 @@ def _build_pair_tiles(dt):
         G = cuda.shared.array((TR, TC), dt)
         cf = cuda.local.array(1, dt)
         tid = cuda.threadIdx.x
-        Na, D = a.shape
+        D = a.shape[1]
         Nb = b.shape[0]
-        r0 = cuda.blockIdx.x * TR
-        nr = min(TR, Na - r0)
-        s = cuda.blockIdx.y
-        t_lo = s * tps
-        t_hi = min(t_lo + tps, ntc)
-        gi = r0 + tid
-        mine = tid < nr
+        r0, nr, s, t_lo, t_hi, gi, mine = block_tiles(a.shape[0], tps, ntc)
         softmax = mode == P_SOFTMAX
         yi = lab[gi] if (mine and not softmax) else 0
         ni = nA[gi] if mine else 0.0
