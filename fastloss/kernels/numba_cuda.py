@@ -1067,6 +1067,18 @@ def _build_pair_tiles(dt):
     NINF = _pairmath.NINF
 
     @cuda.jit(device=True)
+    def stage(dst, x, row0, nrows, d0, dk, cap):
+        """dst[r, q] = x[row0 + r, d0 + q] for r < nrows, q < dk: a slice of rows
+        into shared memory, the block's threads in turn (cap: dst's rows)."""
+        e = cuda.threadIdx.x
+        while e < cap * DK:
+            r = e // DK
+            q = e - r * DK
+            if r < nrows and q < dk:
+                dst[r, q] = x[row0 + r, d0 + q]
+            e += threads
+
+    @cuda.jit(device=True)
     def gram(G, a, b, r0, nr, c0, nc):
         """G[r, j] = a[r0 + r] . b[c0 + j] in the dtype, d in order: the rows of a and b
         staged through shared memory DK widths at a time (coalesced loads), thread tid
@@ -1080,20 +1092,8 @@ def _build_pair_tiles(dt):
             acc[k] = 0.0
         for d0 in range(0, D, DK):
             dk = min(DK, D - d0)
-            e = tid
-            while e < TR * DK:
-                r = e // DK
-                q = e - r * DK
-                if r < nr and q < dk:
-                    As[r, q] = a[r0 + r, d0 + q]
-                e += threads
-            e = tid
-            while e < TC * DK:
-                j = e // DK
-                q = e - j * DK
-                if j < nc and q < dk:
-                    Bs[j, q] = b[c0 + j, d0 + q]
-                e += threads
+            stage(As, a, r0, nr, d0, dk, TR)
+            stage(Bs, b, c0, nc, d0, dk, TC)
             cuda.syncthreads()
             for k in range(EPT):
                 e = tid + k * threads
