@@ -802,6 +802,14 @@ def _time_backends(make, backends, modes, repeats):
     return times
 
 
+def _timing_rows(lead, times, backends, modes, bases=("numpy", "torch")):
+    """Table rows: ``lead`` (the case's columns), mode, backend, median ms and the
+    speed-up against each base backend measured in the same call."""
+    return [[*lead, MODES[grad], backend, f"{times[backend, grad] * 1e3:.3f}",
+             *(_ratio(times.get((base, grad)), times[backend, grad]) for base in bases)]
+            for grad in modes for backend in backends]
+
+
 _FAMILY_TITLES = {
     "multiclass": "multi-class losses, {dtype}, mean reduction (torch: the usual "
                   "implementation, int64 labels):",
@@ -828,12 +836,7 @@ def _bench_cases(args, family, cases, dtype, backends, modes):
         times = _time_backends(lambda backend, grad: make_multiclass_call(case, backend, x, y,
                                                                           grad=grad),
                                backends, modes, args.repeats)
-        for grad in modes:
-            for backend in backends:
-                t = times[backend, grad]
-                rows.append([case.label, "x".join(map(str, shape)), MODES[grad], backend,
-                             f"{t * 1e3:.3f}", _ratio(times.get(("numpy", grad)), t),
-                             _ratio(times.get(("torch", grad)), t)])
+        rows += _timing_rows([case.label, "x".join(map(str, shape))], times, backends, modes)
     print("\n" + _FAMILY_TITLES[family].format(dtype=dtype.name))
     print(_table(["case", "shape", "mode", "backend", "median ms", "vs numpy", "vs torch"], rows))
 
@@ -848,12 +851,7 @@ def _bench_boxes(args, names, dtype, backends, modes):
         times = _time_backends(lambda backend, grad: make_box_call(name, backend, b1, b2,
                                                                    grad=grad),
                                backends, modes, args.repeats)
-        for grad in modes:
-            for backend in backends:
-                t = times[backend, grad]
-                rows.append([name, str(len(b1)), MODES[grad], backend, f"{t * 1e3:.3f}",
-                             _ratio(times.get(("numpy", grad)), t),
-                             _ratio(times.get(("torch", grad)), t)])
+        rows += _timing_rows([name, str(len(b1))], times, backends, modes)
     print(f"\nbox losses, {dtype.name} (x1, y1, x2, y2), mean reduction (torch: torchvision's "
           f"formulas in torch ops):")
     print(_table(["loss", "boxes", "mode", "backend", "median ms", "vs numpy", "vs torch"], rows))
@@ -881,21 +879,13 @@ def _bench_pairwise(args, cases, dtype, backends, modes):
         use = [b for b in backends if b in CPU_COMPILED or b == "torch"]
         if "numba" in use and numba_pairwise_missing(case):
             use.remove("numba")
-        if case.name == "info_nce_loss" and "torch" in use:
-            try:
-                import info_nce  # noqa: F401
-            except ImportError:
-                pass                          # _torch_info_nce writes its formula out
         n, m = pairwise_bench_sizes(case, args.n)
         arrays = make_pairwise_inputs(case, n, m, d, dtype, seed=0)
         times = _time_backends(lambda backend, grad: make_pairwise_call(case, backend, arrays,
                                                                         grad=grad),
                                use, modes, args.repeats)
-        for grad in modes:
-            for backend in use:
-                t = times[backend, grad]
-                rows.append([case.label, pairwise_size(case, n, m, d), MODES[grad], backend,
-                             f"{t * 1e3:.3f}", _ratio(times.get(("torch", grad)), t)])
+        rows += _timing_rows([case.label, pairwise_size(case, n, m, d)], times, use, modes,
+                             bases=("torch",))
     print(f"\npairwise losses, {dtype.name}, D = {d} (value+grad: every embedding input's "
           f"gradient; torch: the usual implementation, all-pairs matrices; numba only where "
           f"it has the kernels):")

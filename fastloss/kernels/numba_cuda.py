@@ -1541,10 +1541,9 @@ def pair_lse(a, b, scale, exclude_diag, row_scale=None, col_scale=None):
 def pair_softmax_product(a, b, scale, row_shift, col_shift, exclude_diag, gain, out,
                          row_scale=None, col_scale=None):
     a, b, same = _pair_operands(a, b)
-    out = _as_device(out)
-    if np.dtype(out.dtype) != np.dtype(a.dtype) or tuple(out.shape) != tuple(a.shape):
-        raise ValueError(f"out: expected a {np.dtype(a.dtype)} array of shape "
-                         f"{tuple(a.shape)}, got {np.dtype(out.dtype)} {tuple(out.shape)}")
+    if out is None:
+        raise ValueError("out: pair_softmax_product adds into out, which is required")
+    out = _out_array(out, a.shape, a.dtype)
     na, nb = a.shape[0], b.shape[0]
     rs = np.zeros(na) if row_shift is None else _host_vector("row_shift", row_shift, na,
                                                               np.float64)
@@ -1639,17 +1638,21 @@ def info_nce_paired(q, k, neg, scale, want_grad, gain):
     return loss.copy_to_host(), ((gq, gk, gneg) if want_grad else None)
 
 
+def _out_array(out, shape, dtype):
+    """``out`` as a device array of this shape and dtype (checked), or a new one."""
+    if out is None:
+        return cuda.device_array(tuple(shape), dtype)
+    out = _as_device(out)
+    if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
+        raise ValueError(f"out: expected a {np.dtype(dtype)} array of shape {tuple(shape)}, "
+                         f"got {np.dtype(out.dtype)} {tuple(out.shape)}")
+    return out
+
+
 # --- row glue ---
 def normalize_rows(x, eps, out=None):
     x = _pair_device("x", x)
-    dtype = np.dtype(x.dtype)
-    if out is None:
-        out = cuda.device_array(tuple(x.shape), dtype)
-    else:
-        out = _as_device(out)
-        if tuple(out.shape) != tuple(x.shape) or np.dtype(out.dtype) != dtype:
-            raise ValueError(f"out: expected a {dtype} array of shape {tuple(x.shape)}, got "
-                             f"{np.dtype(out.dtype)} {tuple(out.shape)}")
+    out = _out_array(out, x.shape, x.dtype)
     n = x.shape[0]
     nrm = cuda.device_array(n, np.float64)
     if n:
@@ -1671,13 +1674,7 @@ def normalize_rows_backward(g, xhat, norm, eps, out=None, raw=False):
                          f"{np.dtype(xhat.dtype)}")
     n = g.shape[0]
     nrm = _host_vector("norm", norm, n, np.float64)
-    if out is None:
-        dx = cuda.device_array(tuple(g.shape), dtype)
-    else:
-        dx = _as_device(out)
-        if tuple(dx.shape) != tuple(g.shape) or np.dtype(dx.dtype) != dtype:
-            raise ValueError(f"out: expected a {dtype} array of shape {tuple(g.shape)}, got "
-                             f"{np.dtype(dx.dtype)} {tuple(dx.shape)}")
+    dx = _out_array(out, g.shape, dtype)
     if n:
         threads, _ = _geometry()
         _pair_rows_kernels()["normalize_backward"][_blocks(n), threads](
