@@ -12,6 +12,7 @@ backends load on first use.
 from __future__ import annotations
 
 from . import reference
+from ._typing import Isa
 from ._dispatch import BackendInfo, BackendUnavailable, backends, use_backend
 from .losses.elementwise import (binary_cross_entropy, binary_cross_entropy_with_logits,
                                  hinge_loss, huber_loss, l1_loss, log_cosh_loss, mse_loss,
@@ -19,7 +20,8 @@ from .losses.elementwise import (binary_cross_entropy, binary_cross_entropy_with
 from .losses.multiclass import (cross_entropy, multi_margin_loss, multiclass_hinge_loss, nll_loss,
                                 softmax_focal_loss)
 from .losses.boxes import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
-from .losses.overlap import dice_loss, generalized_dice_loss, jaccard_loss, tversky_loss
+from .losses.overlap import (dice_from_stats, dice_grad, dice_loss, dice_stats,
+                             generalized_dice_loss, jaccard_loss, tversky_loss)
 from .losses.pairwise import (batch_hard_triplet_loss, contrastive_loss, info_nce_loss,
                               nt_xent_loss, pairwise_distances, triplet_margin_loss)
 
@@ -32,6 +34,7 @@ __all__ = [
     "cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
     "multiclass_hinge_loss",
     "dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
+    "dice_stats", "dice_from_stats", "dice_grad",
     "generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss",
     "pairwise_distances", "contrastive_loss", "triplet_margin_loss", "batch_hard_triplet_loss",
     "info_nce_loss", "nt_xent_loss",
@@ -49,6 +52,7 @@ def set_num_threads(n: int | None) -> int:
 
 
 def get_num_threads() -> int:
+    """The thread count of the CPU kernels (see :func:`set_num_threads`)."""
     from . import _threads
     return _threads.get()
 
@@ -60,7 +64,7 @@ def isa() -> str | None:
     return native.isa() if native.unavailable_reason() is None else None
 
 
-def set_isa(name: str | None) -> str:
+def set_isa(name: Isa | None) -> str:
     """Force a SIMD path of the C kernels ("baseline", "avx2", "avx512"); None
     picks the best this CPU has.  The environment variable ``FASTLOSS_ISA`` sets
     the starting choice.  Returns the path in effect."""

@@ -16,7 +16,9 @@ import contextvars
 import importlib
 import os
 import threading
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
+
+from ._typing import Backend
 
 __all__ = ["BackendInfo", "backends", "use_backend", "BACKEND_NAMES", "is_gpu_array"]
 
@@ -47,7 +49,7 @@ class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run here."""
 
 
-def is_gpu_array(obj) -> bool:
+def is_gpu_array(obj: object) -> bool:
     """True for arrays that live on a GPU: anything with ``__cuda_array_interface__``,
     and Numba's simulated device arrays (``NUMBA_ENABLE_CUDASIM=1``), which lack it."""
     return hasattr(obj, "__cuda_array_interface__") or type(obj).__module__.startswith(
@@ -87,7 +89,7 @@ def backends() -> dict[str, BackendInfo]:
 
 
 @contextlib.contextmanager
-def use_backend(name: str | None) -> Iterator[None]:
+def use_backend(name: Backend) -> Iterator[None]:
     """Use ``name`` for calls in this block that don't pass ``backend=``
     (``None`` restores automatic choice).  Context-local: threads and asyncio
     tasks each see their own."""
@@ -100,7 +102,7 @@ def use_backend(name: str | None) -> Iterator[None]:
         _context.reset(token)
 
 
-def _check_name(name, what):
+def _check_name(name: object, what: str) -> None:
     if not isinstance(name, str) or name not in BACKEND_NAMES:
         raise ValueError(f"{what}: unknown backend {name!r}; expected one of "
                          f"{', '.join(map(repr, BACKEND_NAMES))} or None")
@@ -119,7 +121,7 @@ def _environment_backend() -> str | None:
     return os.environ.decodevalue(value) or None if value is not None else None
 
 
-def select(backend: str | None, on_gpu: bool):
+def select(backend: str | None, on_gpu: bool) -> tuple[str, Any]:
     """(name, module) of the backend for one call whose arrays are on the GPU or not."""
     source = "backend"
     if backend is None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any, Sequence
 
 import numpy as np
 
 from ._dispatch import is_gpu_array
+from ._typing import ArrayLike
 
 REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -25,8 +27,13 @@ class ArrayMeta:
     """
 
     __slots__ = ("array", "shape", "dtype", "on_gpu", "contiguous")
+    array: Any                  # the host array (np.asarray of the argument) or the GPU object
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    on_gpu: bool
+    contiguous: bool
 
-    def __init__(self, obj, name: str):
+    def __init__(self, obj: ArrayLike, name: str) -> None:
         if is_gpu_array(obj):
             self.on_gpu = True
             self.array = obj
@@ -60,7 +67,7 @@ class ArrayMeta:
         return math.prod(self.shape)
 
 
-def _c_strides(shape, itemsize):
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     strides, step = [], itemsize
     for extent in reversed(shape):
         strides.append(step)
@@ -68,7 +75,7 @@ def _c_strides(shape, itemsize):
     return tuple(reversed(strides))
 
 
-def check_input(obj, name="input") -> ArrayMeta:
+def check_input(obj: ArrayLike, name: str = "input") -> ArrayMeta:
     """The first argument of a loss: a float32 or float64 array."""
     meta = ArrayMeta(obj, name)
     if meta.dtype not in FLOAT_DTYPES:
@@ -76,7 +83,7 @@ def check_input(obj, name="input") -> ArrayMeta:
     return meta
 
 
-def check_same_place(metas: dict[str, ArrayMeta]):
+def check_same_place(metas: dict[str, ArrayMeta]) -> None:
     """All arrays on the host, or all on the GPU: no silent device copies."""
     places = {name: m.on_gpu for name, m in metas.items()}
     if len(set(places.values())) > 1:
@@ -86,13 +93,14 @@ def check_same_place(metas: dict[str, ArrayMeta]):
                         f"{', '.join(host)} on the host; move them to one device first")
 
 
-def check_shape(meta: ArrayMeta, shape, name: str, expected_name="input"):
+def check_shape(meta: ArrayMeta, shape: Sequence[int], name: str,
+                expected_name: str = "input") -> None:
     if meta.shape != tuple(shape):
         raise ValueError(f"{name}: shape {meta.shape} does not match {expected_name} shape "
                          f"{tuple(shape)}")
 
 
-def check_broadcastable(meta: ArrayMeta, shape, name: str):
+def check_broadcastable(meta: ArrayMeta, shape: Sequence[int], name: str) -> None:
     """``meta`` must broadcast to ``shape`` without changing it."""
     try:
         result = np.broadcast_shapes(meta.shape, tuple(shape))
@@ -103,12 +111,12 @@ def check_broadcastable(meta: ArrayMeta, shape, name: str):
                          f"{tuple(shape)}")
 
 
-def check_reduction(reduction):
+def check_reduction(reduction: object) -> None:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of 'mean', 'sum', 'none', got {reduction!r}")
 
 
-def check_real(value, name: str) -> float:
+def check_real(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {value!r} "
                         f"({type(value).__name__})")
@@ -118,7 +126,7 @@ def check_real(value, name: str) -> float:
     return value
 
 
-def check_positive(value, name: str, *, allow_zero=False) -> float:
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
     value = check_real(value, name)
     if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
         bound = "≥ 0" if allow_zero else "> 0"
@@ -126,14 +134,14 @@ def check_positive(value, name: str, *, allow_zero=False) -> float:
     return value
 
 
-def check_open_unit(value, name: str) -> float:
+def check_open_unit(value: object, name: str) -> float:
     value = check_real(value, name)
     if not 0.0 < value < 1.0:
         raise ValueError(f"{name}: expected a value in the open interval (0, 1), got {value!r}")
     return value
 
 
-def check_bool(value, name: str) -> bool:
+def check_bool(value: object, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
     return bool(value)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["Case", "CASES", "make_inputs", "MulticlassCase", "MULTICLASS_CASES",
            "make_multiclass_inputs", "OVERLAP_CASES", "torchvision_box_loss",
@@ -135,7 +136,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
 ]}
 
 
-def make_inputs(case: Case | str, shape, dtype=np.float32, seed: int = 0):
+def make_inputs(case: Case | str, shape: int | Sequence[int], dtype: npt.DTypeLike = np.float32,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(input, target) for a case: realistic values of the given shape and dtype.
 
     regression: normal predictions and targets; probability: predictions in
@@ -254,8 +256,9 @@ OVERLAP_CASES: dict[str, MulticlassCase] = {c.label: c for c in [
 ]}
 
 
-def make_multiclass_inputs(case: MulticlassCase | str, shape=None, dtype=np.float32,
-                           seed: int = 0):
+def make_multiclass_inputs(case: MulticlassCase | str, shape: Sequence[int] | None = None,
+                           dtype: npt.DTypeLike = np.float32,
+                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(logits, labels) of ``shape`` (default: the case's full shape): normal
     logits of scale 3 (log-probabilities for nll_loss), uniform labels."""
     if isinstance(case, str):
@@ -274,7 +277,8 @@ def make_multiclass_inputs(case: MulticlassCase | str, shape=None, dtype=np.floa
 BOX_LOSS_NAMES = ("generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss")
 
 
-def make_boxes(n: int, dtype=np.float32, seed: int = 0):
+def make_boxes(n: int, dtype: npt.DTypeLike = np.float32,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(boxes1, boxes2) of shape (n, 4): predictions scattered around their
     targets (overlapping, nested and disjoint pairs)."""
     rng = np.random.default_rng(seed)
@@ -286,7 +290,7 @@ def make_boxes(n: int, dtype=np.float32, seed: int = 0):
     return pred.astype(dtype), target.astype(dtype)
 
 
-def torchvision_box_loss(name, b1, b2, eps=1e-7):
+def torchvision_box_loss(name: str, b1: Any, b2: Any, eps: float = 1e-7) -> Any:
     """torchvision's loss per box (ops/_utils.py ``_loss_inter_union``, giou_loss.py,
     diou_loss.py, ciou_loss.py) written in torch ops, since torchvision does not import
     beside torch 2.13 here; autograd of it gives the gradients fastloss must match."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-_NATIVE = []   # [module or None], filled on first use
+_NATIVE: list = []   # [module or None], filled on first use
 
 
 def _native():

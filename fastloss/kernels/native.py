@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from .. import _native
+    from .. import _native  # type: ignore[attr-defined]  # the compiled cffi module
 except ImportError as exc:  # not built: the numba backend takes over
     _native = None
     _import_error = str(exc)

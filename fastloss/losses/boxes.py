@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 import textwrap
+import types
+from typing import Callable, Literal, overload
 
 import numpy as np
 
 from .. import _dispatch, reference
+from .._convert import same_type_as_input
+from .._typing import ArrayLike, Backend, F, Loss, LossAndGrad, Reduction
 from .._validate import (FLOAT_DTYPES, REDUCTIONS, ArrayMeta, check_bool, check_positive,
                          check_reduction, check_same_place)
 from ..kernels import BoxCall
@@ -31,7 +35,7 @@ BOX_LOSSES = {
 #: torchvision's complete_box_iou_loss calls its DIoU part without eps: 1e-7 there
 CIOU_DIOU_EPS = 1e-7
 
-_NATIVE = []   # [the C backend module or None], on first use
+_NATIVE: list[types.ModuleType | None] = []   # [the C backend module or None], on first use
 
 
 def _native():
@@ -251,20 +255,37 @@ _DEGENERATE = """
     negative, so U may be below the other box's area, or negative."""
 
 
-def _doc(summary, body, degenerate, eps):
+def _doc(summary: str, body: str, degenerate: str, eps: str) -> Callable[[F], F]:
     """The docstring: summary, the shared definitions, the loss's formula, what it
     gives for degenerate boxes (the shared part and its own, one paragraph), the
     parameters."""
     paragraph = textwrap.fill(" ".join((_DEGENERATE + degenerate).split()), 76,
                               initial_indent="    ", subsequent_indent="    ")
 
-    def decorate(fn):
+    def decorate(fn: F) -> F:
         fn.__doc__ = (summary.rstrip() + "\n" + _COMMON + body.rstrip() + "\n\n" + paragraph
                       + "\n" + _DOC.format(eps=eps))
         return fn
     return decorate
 
 
+# Each loss comes with three typing overloads, for return_grad=False (the default: the
+# value), True ((value, gradient)) and a bool not known statically (either), then
+# its implementation.
+@overload
+def generalized_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                             eps: float = ..., check_degenerate: bool = ...,
+                             return_grad: Literal[False] = ...,
+                             backend: Backend = ...) -> Loss: ...
+@overload
+def generalized_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                             eps: float = ..., check_degenerate: bool = ...,
+                             return_grad: Literal[True],
+                             backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def generalized_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                             eps: float = ..., check_degenerate: bool = ..., return_grad: bool,
+                             backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Generalized IoU loss, as ``torchvision.ops.generalized_box_iou_loss``
     (Rezatofighi et al., 2019).""", """
     l = 1 - (iou - (C - U) / (C + eps)),  C = cw ch.
@@ -283,25 +304,63 @@ def _doc(summary, body, degenerate, eps):
     penalty (C - U) / (C + eps) exceeds 1 and l can exceed 2.  Zero-area
     boxes are fine while eps > 0 (eps = 0 and two zero-area boxes: 0/0 =
     nan).""", "In iou = I / (U + eps) and (C - U) / (C + eps).")
-def generalized_box_iou_loss(boxes1, boxes2, *, reduction="mean", eps=1e-7, check_degenerate=True,
-                             return_grad=False, backend=None):
+@same_type_as_input
+def generalized_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *,
+                             reduction: Reduction = "mean", eps: float = 1e-7,
+                             check_degenerate: bool = True, return_grad: bool = False,
+                             backend: Backend = None) -> Loss | LossAndGrad:
     return _run("generalized_box_iou_loss", boxes1, boxes2, reduction=reduction, eps=eps,
                 check_degenerate=check_degenerate, return_grad=return_grad, backend=backend)
 
 
+@overload
+def distance_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                          eps: float = ..., check_degenerate: bool = ...,
+                          return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def distance_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                          eps: float = ..., check_degenerate: bool = ...,
+                          return_grad: Literal[True], backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def distance_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                          eps: float = ..., check_degenerate: bool = ..., return_grad: bool,
+                          backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Distance IoU loss, as ``torchvision.ops.distance_box_iou_loss``
     (Zheng et al., 2019).""", """
     l = 1 - iou + d2 / (cw^2 + ch^2 + eps),  d2 the squared distance between
-    the centres ((x1 + x2)/2, (y1 + y2)/2) of the two boxes.""", """  The
+    the centres ((x1 + x2)/2, (y1 + y2)/2) of the two boxes.
+
+    Example::
+
+        >>> import numpy as np, fastloss as fl
+        >>> pred = np.array([[0, 0, 2, 2], [0, 0, 1, 1]], np.float64)
+        >>> target = np.array([[1, 1, 3, 3], [0, 0, 1, 2]], np.float64)
+        >>> fl.distance_box_iou_loss(pred, target, reduction="none").round(4)
+        array([0.9683, 0.55  ])""", """  The
     centre distance and the enclosing diagonal stay well defined, so l is
     finite unless iou is nan; eps = 0 and two boxes that are the same single
     point give 0/0 = nan.""", "In iou = I / (U + eps) and d2 / (cw^2 + ch^2 + eps).")
-def distance_box_iou_loss(boxes1, boxes2, *, reduction="mean", eps=1e-7, check_degenerate=True,
-                          return_grad=False, backend=None):
+@same_type_as_input
+def distance_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = "mean",
+                          eps: float = 1e-7, check_degenerate: bool = True,
+                          return_grad: bool = False,
+                          backend: Backend = None) -> Loss | LossAndGrad:
     return _run("distance_box_iou_loss", boxes1, boxes2, reduction=reduction, eps=eps,
                 check_degenerate=check_degenerate, return_grad=return_grad, backend=backend)
 
 
+@overload
+def complete_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                          eps: float = ..., check_degenerate: bool = ...,
+                          return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def complete_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                          eps: float = ..., check_degenerate: bool = ...,
+                          return_grad: Literal[True], backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def complete_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = ...,
+                          eps: float = ..., check_degenerate: bool = ..., return_grad: bool,
+                          backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Complete IoU loss, as ``torchvision.ops.complete_box_iou_loss``
     (Zheng et al., 2019).""", """
     l = DIoU + alpha v,  v = 4/pi^2 (atan(W/H) - atan(w/h))^2,
@@ -316,10 +375,21 @@ def distance_box_iou_loss(boxes1, boxes2, *, reduction="mean", eps=1e-7, check_d
     +-inf, atan gives +-pi/2 and the value is finite, but the gradient of
     that box is nan, as torch's autograd gives (0/0 in the backward of w/h);
     a target of zero height is harmless.  A boxes1 box with w = h = 0 gives
-    0/0 = nan.""", """  A box flipped in one axis has w/h < 0 and a negative
+    0/0 = nan.
+
+    Example (the second pair differs in aspect ratio: v > 0)::
+
+        >>> import numpy as np, fastloss as fl
+        >>> pred = np.array([[0, 0, 2, 2], [0, 0, 1, 1]], np.float64)
+        >>> target = np.array([[1, 1, 3, 3], [0, 0, 1, 2]], np.float64)
+        >>> fl.complete_box_iou_loss(pred, target, reduction="none").round(4)
+        array([0.9683, 0.5532])""", """  A box flipped in one axis has w/h < 0 and a negative
     angle: v stays finite.  What is said above of zero heights holds too.""",
       "In alpha = v / (1 - iou + v + eps) only (see above).")
-def complete_box_iou_loss(boxes1, boxes2, *, reduction="mean", eps=1e-7, check_degenerate=True,
-                          return_grad=False, backend=None):
+@same_type_as_input
+def complete_box_iou_loss(boxes1: ArrayLike, boxes2: ArrayLike, *, reduction: Reduction = "mean",
+                          eps: float = 1e-7, check_degenerate: bool = True,
+                          return_grad: bool = False,
+                          backend: Backend = None) -> Loss | LossAndGrad:
     return _run("complete_box_iou_loss", boxes1, boxes2, reduction=reduction, eps=eps,
                 check_degenerate=check_degenerate, return_grad=return_grad, backend=backend)

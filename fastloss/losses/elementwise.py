@@ -7,10 +7,13 @@ the backend, lays the arrays out for the kernel and applies the reduction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Literal, overload
 
 import numpy as np
 
 from .. import _dispatch, reference
+from .._convert import same_type_as_input
+from .._typing import ArrayLike, Backend, F, Loss, LossAndGrad, Reduction
 from .._validate import (FLOAT_DTYPES, REDUCTIONS, ArrayMeta, check_bool, check_broadcastable, check_input,
                          check_open_unit, check_positive, check_real, check_reduction,
                          check_same_place, check_shape)
@@ -214,78 +217,208 @@ _BY_N = "the number of elements N"
 _BY_W = "sum(weight) when a weight is given (PyTorch's convention for this loss), else by N"
 
 
-def _doc(summary, *, input="Predictions.", target="Targets.", mean=_BY_N):
-    def decorate(fn):
-        fn.__doc__ = summary.rstrip() + "\n" + _COMMON_DOC.format(input=input, target=target,
-                                                                   mean=mean)
+def _doc(summary: str, *, example: str, input: str = "Predictions.", target: str = "Targets.",
+         mean: str = _BY_N) -> Callable[[F], F]:
+    """The docstring: the summary, the shared parameters, then ``example`` (doctest
+    lines indented by 4) as a numpydoc Examples section."""
+    def decorate(fn: F) -> F:
+        fn.__doc__ = (summary.rstrip() + "\n"
+                      + _COMMON_DOC.format(input=input, target=target, mean=mean)
+                      + "\n    Examples\n    --------\n" + example.strip("\n") + "\n")
         return fn
     return decorate
 
 
+# Each loss comes with three typing overloads, for return_grad=False (the default: the
+# value), True ((value, gradient)) and a bool not known statically (either), then
+# its implementation.
+@overload
+def mse_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+             reduction: Reduction = ..., return_grad: Literal[False] = ...,
+             backend: Backend = ...) -> Loss: ...
+@overload
+def mse_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+             reduction: Reduction = ..., return_grad: Literal[True],
+             backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def mse_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+             reduction: Reduction = ..., return_grad: bool,
+             backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Mean squared error, as ``torch.nn.functional.mse_loss``.
 
     l = (x - y)^2,  dl/dx = 2 (x - y).
 
     Departure: ``weight`` may broadcast (PyTorch requires the input's shape);
     ``target`` must have the input's shape (PyTorch broadcasts with a warning).
-""", mean=_BY_W)
-def mse_loss(input, target, *, weight=None, reduction="mean", return_grad=False, backend=None):
+""", mean=_BY_W, example="""
+    >>> import numpy as np, fastloss as fl
+    >>> pred, target = np.array([0.5, 2.0, -1.0]), np.array([0.0, 2.5, -1.0])
+    >>> loss, grad = fl.mse_loss(pred, target, return_grad=True)
+    >>> round(float(loss), 4)
+    0.1667
+    >>> grad.round(4)
+    array([ 0.3333, -0.3333,  0.    ])
+    >>> # one large error dominates: (0.5^2 + 3^2) / 2
+    >>> round(float(fl.mse_loss(np.array([0.0, 3.0]), np.array([0.5, 0.0]))), 4)
+    4.625
+""")
+@same_type_as_input
+def mse_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+             reduction: Reduction = "mean", return_grad: bool = False,
+             backend: Backend = None) -> Loss | LossAndGrad:
     return _run(_MSE, input, target, weight=weight, reduction=reduction,
                 return_grad=return_grad, backend=backend)
 
 
+@overload
+def l1_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+            reduction: Reduction = ..., return_grad: Literal[False] = ...,
+            backend: Backend = ...) -> Loss: ...
+@overload
+def l1_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+            reduction: Reduction = ..., return_grad: Literal[True],
+            backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def l1_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+            reduction: Reduction = ..., return_grad: bool,
+            backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Mean absolute error, as ``torch.nn.functional.l1_loss``.
 
     l = |x - y|,  dl/dx = sign(x - y) (0 at a tie; nan for nan input, where
     PyTorch's gradient gives 0).
-""", mean=_BY_W)
-def l1_loss(input, target, *, weight=None, reduction="mean", return_grad=False, backend=None):
+""", mean=_BY_W, example="""
+    >>> import numpy as np, fastloss as fl
+    >>> pred, target = np.array([0.0, 3.0]), np.array([0.5, 0.0])
+    >>> round(float(fl.l1_loss(pred, target)), 4)     # mse_loss gives 4.625
+    1.75
+    >>> fl.l1_loss(pred, target, return_grad=True)[1]  # sign(x - y) / N
+    array([-0.5,  0.5])
+""")
+@same_type_as_input
+def l1_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+            reduction: Reduction = "mean", return_grad: bool = False,
+            backend: Backend = None) -> Loss | LossAndGrad:
     return _run(_L1, input, target, weight=weight, reduction=reduction,
                 return_grad=return_grad, backend=backend)
 
 
+@overload
+def huber_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+               delta: float = ..., reduction: Reduction = ..., return_grad: Literal[False] = ...,
+               backend: Backend = ...) -> Loss: ...
+@overload
+def huber_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+               delta: float = ..., reduction: Reduction = ..., return_grad: Literal[True],
+               backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def huber_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+               delta: float = ..., reduction: Reduction = ..., return_grad: bool,
+               backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Huber loss, as ``torch.nn.functional.huber_loss``.
 
     With d = x - y:  l = d^2 / 2 if |d| < delta, else delta (|d| - delta / 2);
     dl/dx = d, or delta sign(d).  ``delta`` > 0.  With a weight, ``mean``
     divides by N, as PyTorch 2.13 does for this loss (unlike mse/l1).
+""", example="""
+    >>> import numpy as np, fastloss as fl
+    >>> pred, target = np.array([0.0, 3.0]), np.array([0.5, 0.0])
+    >>> fl.huber_loss(pred, target, reduction="none")   # quadratic, then linear
+    array([0.125, 2.5  ])
+    >>> fl.huber_loss(pred, target, return_grad=True)[1]  # d / N, then delta sign(d) / N
+    array([-0.25,  0.5 ])
 """)
-def huber_loss(input, target, *, weight=None, delta=1.0, reduction="mean", return_grad=False,
-               backend=None):
+@same_type_as_input
+def huber_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+               delta: float = 1.0, reduction: Reduction = "mean", return_grad: bool = False,
+               backend: Backend = None) -> Loss | LossAndGrad:
     delta = check_positive(delta, "delta")
     return _run(_HUBER, input, target, weight=weight, reduction=reduction,
                 return_grad=return_grad, backend=backend, p0=delta,
                 reference_kwargs={"delta": delta})
 
 
+@overload
+def smooth_l1_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                   beta: float = ..., reduction: Reduction = ...,
+                   return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def smooth_l1_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                   beta: float = ..., reduction: Reduction = ..., return_grad: Literal[True],
+                   backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def smooth_l1_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                   beta: float = ..., reduction: Reduction = ..., return_grad: bool,
+                   backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Smooth L1 loss, as ``torch.nn.functional.smooth_l1_loss``.
 
     With d = x - y:  l = d^2 / (2 beta) if |d| < beta, else |d| - beta / 2;
     dl/dx = d / beta, or sign(d).  ``beta`` ≥ 0; ``beta = 0`` is the L1 loss.
     PyTorch has no ``weight`` here; ours divides ``mean`` by N, like huber_loss
     (huber_loss(delta) = delta * smooth_l1_loss(beta=delta)).
+""", example="""
+    >>> import numpy as np, fastloss as fl
+    >>> pred, target = np.array([0.0, 3.0]), np.array([0.5, 0.0])
+    >>> fl.smooth_l1_loss(pred, target, beta=0.5, reduction="none")
+    array([0.25, 2.75])
+    >>> round(float(fl.smooth_l1_loss(pred, target, beta=0.5)), 4)
+    1.5
 """)
-def smooth_l1_loss(input, target, *, weight=None, beta=1.0, reduction="mean", return_grad=False,
-                   backend=None):
+@same_type_as_input
+def smooth_l1_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                   beta: float = 1.0, reduction: Reduction = "mean", return_grad: bool = False,
+                   backend: Backend = None) -> Loss | LossAndGrad:
     beta = check_positive(beta, "beta", allow_zero=True)
     return _run(_SMOOTH_L1, input, target, weight=weight, reduction=reduction,
                 return_grad=return_grad, backend=backend, p0=beta,
                 reference_kwargs={"beta": beta})
 
 
+@overload
+def log_cosh_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                  backend: Backend = ...) -> Loss: ...
+@overload
+def log_cosh_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  reduction: Reduction = ..., return_grad: Literal[True],
+                  backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def log_cosh_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  reduction: Reduction = ..., return_grad: bool,
+                  backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Log-cosh loss (Keras ``LogCosh``, optax ``log_cosh``).
 
     l = log(cosh(x - y)),  dl/dx = tanh(x - y).  Computed without overflow or
     cancellation: |d| - log 2 + log1p(exp(-2|d|)) for large |d| (finite at
     1e30), log1p(e^2 / (2 (1 + e))) with e = expm1(|d|) for small |d| (d^2/2
     at 1e-20).  PyTorch has no such loss.
+""", example="""
+    >>> import numpy as np, fastloss as fl
+    >>> pred, target = np.array([0.0, 3.0]), np.array([0.5, 0.0])
+    >>> fl.log_cosh_loss(pred, target, reduction="none").round(4)  # ~d^2/2, ~|d| - log 2
+    array([0.1201, 2.3093])
+    >>> round(float(fl.log_cosh_loss(pred, target)), 4)
+    1.2147
 """)
-def log_cosh_loss(input, target, *, weight=None, reduction="mean", return_grad=False,
-                  backend=None):
+@same_type_as_input
+def log_cosh_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                  reduction: Reduction = "mean", return_grad: bool = False,
+                  backend: Backend = None) -> Loss | LossAndGrad:
     return _run(_LOG_COSH, input, target, weight=weight, reduction=reduction,
                 return_grad=return_grad, backend=backend)
 
 
+@overload
+def quantile_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  q: float | ArrayLike = ..., reduction: Reduction = ...,
+                  return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def quantile_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  q: float | ArrayLike = ..., reduction: Reduction = ...,
+                  return_grad: Literal[True], backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def quantile_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  q: float | ArrayLike = ..., reduction: Reduction = ..., return_grad: bool,
+                  backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Quantile (pinball) loss, as Keras/TF-Addons ``pinball_loss`` and scikit-learn's
     ``mean_pinball_loss``.
 
@@ -293,9 +426,21 @@ def log_cosh_loss(input, target, *, weight=None, reduction="mean", return_grad=F
     ``q`` is a float in (0, 1), or a 1-D array of quantiles, each in (0, 1),
     against the last axis of ``input``; the target may then have the input's
     shape without that axis (one target per row, broadcast over the quantiles).
-""", target="Targets; with an array ``q``, of shape ``input.shape[:-1]`` or the input's.")
-def quantile_loss(input, target, *, weight=None, q=0.5, reduction="mean", return_grad=False,
-                  backend=None):
+""", target="Targets; with an array ``q``, of shape ``input.shape[:-1]`` or the input's.",
+      example="""
+    >>> import numpy as np, fastloss as fl
+    >>> # q = 0.9: predicting 1 below the target costs 0.9, 1 above costs 0.1
+    >>> fl.quantile_loss(np.array([1.0, 3.0]), np.array([2.0, 2.0]), q=0.9, reduction="none")
+    array([0.9, 0.1])
+    >>> # three quantiles per row against one target per row
+    >>> fl.quantile_loss(np.array([[1.0, 2.0, 3.0]]), np.array([2.5]),
+    ...                  q=np.array([0.1, 0.5, 0.9]), reduction="none").round(4)
+    array([[0.15, 0.25, 0.05]])
+""")
+@same_type_as_input
+def quantile_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                  q: float | ArrayLike = 0.5, reduction: Reduction = "mean",
+                  return_grad: bool = False, backend: Backend = None) -> Loss | LossAndGrad:
     if isinstance(q, (int, float, np.floating, np.integer)) and not isinstance(q, bool):
         q = check_open_unit(q, "q")
         return _run(_QUANTILE, input, target, weight=weight, reduction=reduction,
@@ -324,19 +469,57 @@ def quantile_loss(input, target, *, weight=None, q=0.5, reduction="mean", return
                 target_may_broadcast=True)
 
 
+@overload
+def binary_cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                         reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                         backend: Backend = ...) -> Loss: ...
+@overload
+def binary_cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                         reduction: Reduction = ..., return_grad: Literal[True],
+                         backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def binary_cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                         reduction: Reduction = ..., return_grad: bool,
+                         backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Binary cross-entropy on probabilities, as ``torch.nn.functional.binary_cross_entropy``.
 
     l = -(y max(log x, -100) + (1 - y) max(log(1 - x), -100));
     dl/dx = (x - y) / max(x (1 - x), 1e-12)  (PyTorch's backward, clamp included).
     ``input`` and ``target`` must lie in [0, 1] (checked first, as PyTorch does;
     nan is rejected too).  ``weight`` broadcasts; ``mean`` divides by N.
-""", input="Probabilities in [0, 1].", target="Targets in [0, 1] (soft labels allowed).")
-def binary_cross_entropy(input, target, *, weight=None, reduction="mean", return_grad=False,
-                         backend=None):
+""", input="Probabilities in [0, 1].", target="Targets in [0, 1] (soft labels allowed).",
+      example="""
+    >>> import numpy as np, fastloss as fl
+    >>> prob, labels = np.array([0.9, 0.2]), np.array([1.0, 0.0])
+    >>> round(float(fl.binary_cross_entropy(prob, labels)), 4)   # (-log 0.9 - log 0.8) / 2
+    0.1643
+""")
+@same_type_as_input
+def binary_cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                         reduction: Reduction = "mean", return_grad: bool = False,
+                         backend: Backend = None) -> Loss | LossAndGrad:
     return _run(_BCE, input, target, weight=weight, reduction=reduction,
                 return_grad=return_grad, backend=backend)
 
 
+@overload
+def binary_cross_entropy_with_logits(input: ArrayLike, target: ArrayLike, *,
+                                     weight: ArrayLike | None = ...,
+                                     pos_weight: float | ArrayLike | None = ...,
+                                     reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                                     backend: Backend = ...) -> Loss: ...
+@overload
+def binary_cross_entropy_with_logits(input: ArrayLike, target: ArrayLike, *,
+                                     weight: ArrayLike | None = ...,
+                                     pos_weight: float | ArrayLike | None = ...,
+                                     reduction: Reduction = ..., return_grad: Literal[True],
+                                     backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def binary_cross_entropy_with_logits(input: ArrayLike, target: ArrayLike, *,
+                                     weight: ArrayLike | None = ...,
+                                     pos_weight: float | ArrayLike | None = ...,
+                                     reduction: Reduction = ..., return_grad: bool,
+                                     backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Binary cross-entropy on logits, as ``torch.nn.functional.binary_cross_entropy_with_logits``.
 
     With lw = 1 + (pos_weight - 1) y:
@@ -344,9 +527,20 @@ def binary_cross_entropy(input, target, *, weight=None, reduction="mean", return
     with softplus(z) = max(z, 0) + log1p(exp(-|z|)): finite for any finite x.
     ``pos_weight`` (a float or an array broadcasting against the trailing axes,
     e.g. one per class) weights the positive term; ``mean`` divides by N.
-""", input="Logits.", target="Targets in [0, 1].")
-def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=None,
-                                     reduction="mean", return_grad=False, backend=None):
+""", input="Logits.", target="Targets in [0, 1].", example="""
+    >>> import numpy as np, fastloss as fl
+    >>> logits, labels = np.array([2.0, -1.0]), np.array([1.0, 0.0])
+    >>> round(float(fl.binary_cross_entropy_with_logits(logits, labels)), 4)
+    0.2201
+    >>> round(float(fl.binary_cross_entropy_with_logits(logits, labels, pos_weight=3.0)), 4)
+    0.347
+""")
+@same_type_as_input
+def binary_cross_entropy_with_logits(input: ArrayLike, target: ArrayLike, *,
+                                     weight: ArrayLike | None = None,
+                                     pos_weight: float | ArrayLike | None = None,
+                                     reduction: Reduction = "mean", return_grad: bool = False,
+                                     backend: Backend = None) -> Loss | LossAndGrad:
     if pos_weight is None or isinstance(pos_weight, (int, float, np.floating, np.integer)):
         p0 = 1.0 if pos_weight is None else check_real(pos_weight, "pos_weight")
         return _run(_BCE_LOGITS, input, target, weight=weight, reduction=reduction,
@@ -357,6 +551,18 @@ def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=N
                 param_name="pos_weight")
 
 
+@overload
+def sigmoid_focal_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                       alpha: float = ..., gamma: float = ..., reduction: Reduction = ...,
+                       return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def sigmoid_focal_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                       alpha: float = ..., gamma: float = ..., reduction: Reduction = ...,
+                       return_grad: Literal[True], backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def sigmoid_focal_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                       alpha: float = ..., gamma: float = ..., reduction: Reduction = ...,
+                       return_grad: bool, backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Sigmoid focal loss on logits, as ``torchvision.ops.sigmoid_focal_loss``.
 
     p = sigmoid(x), ce = BCE-with-logits(x, y), p_t = p y + (1 - p)(1 - y),
@@ -367,9 +573,21 @@ def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=N
     0 ≤ gamma < 1, where torchvision's gradient is nan.  Departure: the
     default ``reduction`` is "mean" like every fastloss loss (torchvision's is
     "none"; the PyTorch adapter keeps torchvision's); ``mean`` divides by N.
-""", input="Logits.", target="Labels in [0, 1] (0/1, or soft).")
-def sigmoid_focal_loss(input, target, *, weight=None, alpha=0.25, gamma=2.0, reduction="mean",
-                       return_grad=False, backend=None):
+""", input="Logits.", target="Labels in [0, 1] (0/1, or soft).", example="""
+    >>> import numpy as np, fastloss as fl
+    >>> logits, labels = np.array([2.0, -1.0]), np.array([1.0, 0.0])
+    >>> # well-classified elements weigh (1 - p_t)^gamma less than in BCE
+    >>> fl.sigmoid_focal_loss(logits, labels, reduction="none").round(5)
+    array([0.00045, 0.01699])
+    >>> fl.binary_cross_entropy_with_logits(logits, labels, reduction="none").round(5)
+    array([0.12693, 0.31326])
+    >>> fl.sigmoid_focal_loss(logits, labels, alpha=-1, gamma=0.0, reduction="none").round(5)
+    array([0.12693, 0.31326])
+""")
+@same_type_as_input
+def sigmoid_focal_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                       alpha: float = 0.25, gamma: float = 2.0, reduction: Reduction = "mean",
+                       return_grad: bool = False, backend: Backend = None) -> Loss | LossAndGrad:
     alpha = check_real(alpha, "alpha")
     if alpha > 1:
         raise ValueError(f"alpha: expected a value in [0, 1] (or < 0 to disable it), got {alpha!r}")
@@ -379,6 +597,18 @@ def sigmoid_focal_loss(input, target, *, weight=None, alpha=0.25, gamma=2.0, red
                 reference_kwargs={"alpha": alpha, "gamma": gamma})
 
 
+@overload
+def hinge_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+               margin: float = ..., squared: bool = ..., reduction: Reduction = ...,
+               return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def hinge_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+               margin: float = ..., squared: bool = ..., reduction: Reduction = ...,
+               return_grad: Literal[True], backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def hinge_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+               margin: float = ..., squared: bool = ..., reduction: Reduction = ...,
+               return_grad: bool, backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Binary hinge loss with targets ±1, as Keras ``Hinge`` / ``SquaredHinge`` and
     scikit-learn's ``hinge_loss``.
 
@@ -386,9 +616,20 @@ def sigmoid_focal_loss(input, target, *, weight=None, alpha=0.25, gamma=2.0, red
     dl/dx = -y where z > 0, else 0 (squared: -2 y z).  ``target`` must hold
     only -1 and +1 (checked first; Keras would silently map 0/1 labels);
     ``margin`` > 0; ``mean`` divides by N.
-""", input="Scores (decision values).", target="Labels, each -1 or +1.")
-def hinge_loss(input, target, *, weight=None, margin=1.0, squared=False, reduction="mean",
-               return_grad=False, backend=None):
+""", input="Scores (decision values).", target="Labels, each -1 or +1.", example="""
+    >>> import numpy as np, fastloss as fl
+    >>> scores, labels = np.array([2.0, 0.5, 0.3]), np.array([1, 1, -1])
+    >>> fl.hinge_loss(scores, labels, reduction="none")   # max(0, 1 - y x)
+    array([0. , 0.5, 1.3])
+    >>> round(float(fl.hinge_loss(scores, labels)), 4)
+    0.6
+    >>> round(float(fl.hinge_loss(scores, labels, squared=True)), 4)
+    0.6467
+""")
+@same_type_as_input
+def hinge_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+               margin: float = 1.0, squared: bool = False, reduction: Reduction = "mean",
+               return_grad: bool = False, backend: Backend = None) -> Loss | LossAndGrad:
     margin = check_positive(margin, "margin")
     squared = check_bool(squared, "squared")
     return _run(_HINGE, input, target, weight=weight, reduction=reduction,

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Callable, Literal, overload
 
 import numpy as np
 
 from .. import _dispatch, reference
+from .._convert import same_type_as_input
+from .._typing import ArrayLike, Backend, F, Loss, LossAndGrad, Reduction
 from .._validate import (ArrayMeta, check_bool, check_input, check_positive, check_real,
                          check_reduction, check_same_place, REDUCTIONS)
 from ..kernels import LABEL_DTYPES, RowwiseCall
@@ -224,13 +227,34 @@ _COMMON = """
 """
 
 
-def _doc(text, mean):
-    def decorate(fn):
-        fn.__doc__ = text.rstrip() + "\n" + _COMMON.format(mean=mean)
+def _doc(text: str, mean: str, example: str) -> Callable[[F], F]:
+    """The docstring: ``text``, the shared parameters, then ``example`` (doctest
+    lines indented by 8)."""
+    def decorate(fn: F) -> F:
+        fn.__doc__ = (text.rstrip() + "\n" + _COMMON.format(mean=mean) + "\n    Example::\n\n"
+                      + example.strip("\n") + "\n")
         return fn
     return decorate
 
 
+# Each loss comes with three typing overloads, for return_grad=False (the default: the
+# value), True ((value, gradient)) and a bool not known statically (either), then
+# its implementation.
+@overload
+def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  ignore_index: int = ..., label_smoothing: float = ..., z_loss: float = ...,
+                  reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                  backend: Backend = ...) -> Loss: ...
+@overload
+def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  ignore_index: int = ..., label_smoothing: float = ..., z_loss: float = ...,
+                  reduction: Reduction = ..., return_grad: Literal[True],
+                  backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+                  ignore_index: int = ..., label_smoothing: float = ..., z_loss: float = ...,
+                  reduction: Reduction = ..., return_grad: bool,
+                  backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Softmax cross-entropy on logits, as ``torch.nn.functional.cross_entropy``.
 
     input : (N, C), (N, C, d1, ..., dk) or (C,), float32/float64 logits.
@@ -250,9 +274,22 @@ def _doc(text, mean):
     (1 - e) w_y (lse - x_y) + (e / C) sum_c w_c (lse - x_c) + z lse^2.
 """, mean="divided by the sum of ``weight[target]`` over the non-ignored targets "
           "(their count without a weight) for index targets, as PyTorch; nan if every "
-          "target is ignored; by the number of rows for probability targets")
-def cross_entropy(input, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                  z_loss=0.0, reduction="mean", return_grad=False, backend=None):
+          "target is ignored; by the number of rows for probability targets", example="""
+        >>> import numpy as np, fastloss as fl
+        >>> logits = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> labels = np.array([0, 2])
+        >>> fl.cross_entropy(logits, labels, reduction="none").round(4)
+        array([0.1698, 1.5514])
+        >>> round(float(fl.cross_entropy(logits, labels, label_smoothing=0.1)), 4)
+        0.9273
+        >>> round(float(fl.cross_entropy(logits, np.array([0, -100]))), 4)  # row 1 ignored
+        0.1698
+""")
+@same_type_as_input
+def cross_entropy(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+                  ignore_index: int = -100, label_smoothing: float = 0.0, z_loss: float = 0.0,
+                  reduction: Reduction = "mean", return_grad: bool = False,
+                  backend: Backend = None) -> Loss | LossAndGrad:
     ignore_index = _check_int(ignore_index, "ignore_index")
     label_smoothing = _check_smoothing(label_smoothing)
     z_loss = check_positive(z_loss, "z_loss", allow_zero=True)
@@ -263,21 +300,61 @@ def cross_entropy(input, target, *, weight=None, ignore_index=-100, label_smooth
                                   "label_smoothing": label_smoothing, "z_loss": z_loss})
 
 
+@overload
+def nll_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+             ignore_index: int = ..., reduction: Reduction = ...,
+             return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def nll_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+             ignore_index: int = ..., reduction: Reduction = ..., return_grad: Literal[True],
+             backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def nll_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = ...,
+             ignore_index: int = ..., reduction: Reduction = ..., return_grad: bool,
+             backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Negative log-likelihood on log-probabilities, as ``torch.nn.functional.nll_loss``.
 
     input : (N, C), (N, C, d1, ..., dk) or (C,) log-probabilities (e.g. a
         log_softmax); target : class indices of shape (N, d1, ..., dk).
     Per row: -weight[y] * input[y]; ``ignore_index`` rows give 0.
 """, mean="divided by the sum of ``weight[target]`` over the non-ignored targets "
-          "(their count without a weight), as PyTorch; nan if every target is ignored")
-def nll_loss(input, target, *, weight=None, ignore_index=-100, reduction="mean",
-             return_grad=False, backend=None):
+          "(their count without a weight), as PyTorch; nan if every target is ignored",
+      example="""
+        >>> import numpy as np, fastloss as fl
+        >>> logp = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+        >>> round(float(fl.nll_loss(logp, np.array([0, 2]))), 4)  # -(log 0.7 + log 0.8) / 2
+        0.2899
+        >>> round(float(fl.nll_loss(logp, np.array([0, 2]), weight=np.array([1.0, 1.0, 3.0]))), 4)
+        0.2565
+""")
+@same_type_as_input
+def nll_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
+             ignore_index: int = -100, reduction: Reduction = "mean", return_grad: bool = False,
+             backend: Backend = None) -> Loss | LossAndGrad:
     ignore_index = _check_int(ignore_index, "ignore_index")
     return _run("nll_loss", input, target, reduction=reduction, return_grad=return_grad,
                 backend=backend, weight=weight, ignore_index=ignore_index,
                 reference_kwargs={"ignore_index": ignore_index})
 
 
+@overload
+def softmax_focal_loss(input: ArrayLike, target: ArrayLike, *,
+                       alpha: float | ArrayLike | None = ..., gamma: float = ...,
+                       weight: ArrayLike | None = ..., ignore_index: int = ...,
+                       reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                       backend: Backend = ...) -> Loss: ...
+@overload
+def softmax_focal_loss(input: ArrayLike, target: ArrayLike, *,
+                       alpha: float | ArrayLike | None = ..., gamma: float = ...,
+                       weight: ArrayLike | None = ..., ignore_index: int = ...,
+                       reduction: Reduction = ..., return_grad: Literal[True],
+                       backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def softmax_focal_loss(input: ArrayLike, target: ArrayLike, *,
+                       alpha: float | ArrayLike | None = ..., gamma: float = ...,
+                       weight: ArrayLike | None = ..., ignore_index: int = ...,
+                       reduction: Reduction = ..., return_grad: bool,
+                       backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Multi-class (softmax) focal loss on logits, with class-index targets.
 
     Per row, with p_y the softmax probability of the target class:
@@ -294,9 +371,23 @@ def nll_loss(input, target, *, weight=None, ignore_index=-100, reduction="mean",
     Computed in log space: log p_y = x_y - lse and 1 - p_y = -expm1(log p_y),
     so the value and the gradient are finite at saturated logits (±1e4) and
     for 0 ≤ gamma < 1 (where the textbook gradient has 0 * inf).
-""", mean="divided by the number of non-ignored targets; nan if every target is ignored")
-def softmax_focal_loss(input, target, *, alpha=None, gamma=2.0, weight=None, ignore_index=-100,
-                       reduction="mean", return_grad=False, backend=None):
+""", mean="divided by the number of non-ignored targets; nan if every target is ignored",
+      example="""
+        >>> import numpy as np, fastloss as fl
+        >>> logits = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> labels = np.array([0, 2])
+        >>> # the confident, correct row 0 weighs (1 - p_y)^2 = 0.024 times its cross-entropy
+        >>> fl.softmax_focal_loss(logits, labels, reduction="none").round(4)
+        array([0.0041, 0.9635])
+        >>> fl.softmax_focal_loss(logits, labels, gamma=0.0, reduction="none").round(4)
+        array([0.1698, 1.5514])
+""")
+@same_type_as_input
+def softmax_focal_loss(input: ArrayLike, target: ArrayLike, *,
+                       alpha: float | ArrayLike | None = None, gamma: float = 2.0,
+                       weight: ArrayLike | None = None, ignore_index: int = -100,
+                       reduction: Reduction = "mean", return_grad: bool = False,
+                       backend: Backend = None) -> Loss | LossAndGrad:
     ignore_index = _check_int(ignore_index, "ignore_index")
     gamma = check_positive(gamma, "gamma", allow_zero=True)
     p0, alpha_array = 1.0, None
@@ -314,14 +405,40 @@ def softmax_focal_loss(input, target, *, alpha=None, gamma=2.0, weight=None, ign
                 reference_kwargs=ref)
 
 
+@overload
+def multi_margin_loss(input: ArrayLike, target: ArrayLike, *, p: Literal[1, 2] = ...,
+                      margin: float = ..., weight: ArrayLike | None = ...,
+                      reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                      backend: Backend = ...) -> Loss: ...
+@overload
+def multi_margin_loss(input: ArrayLike, target: ArrayLike, *, p: Literal[1, 2] = ...,
+                      margin: float = ..., weight: ArrayLike | None = ...,
+                      reduction: Reduction = ..., return_grad: Literal[True],
+                      backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def multi_margin_loss(input: ArrayLike, target: ArrayLike, *, p: Literal[1, 2] = ...,
+                      margin: float = ..., weight: ArrayLike | None = ...,
+                      reduction: Reduction = ..., return_grad: bool,
+                      backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Multi-class hinge loss (Weston–Watkins), as ``torch.nn.functional.multi_margin_loss``.
 
     input : (N, C) or (C,) scores; target : (N,) class indices (0-d for (C,)).
     Per row: sum_{c != y} weight[y] * max(0, margin - x_y + x_c)^p / C,
     p in {1, 2}.  No ``ignore_index`` (PyTorch has none).
-""", mean="divided by N (PyTorch's convention here, weights or not)")
-def multi_margin_loss(input, target, *, p=1, margin=1.0, weight=None, reduction="mean",
-                      return_grad=False, backend=None):
+""", mean="divided by N (PyTorch's convention here, weights or not)", example="""
+        >>> import numpy as np, fastloss as fl
+        >>> scores, label = np.array([[0.1, 0.2, 0.4, 0.8]]), np.array([3])
+        >>> # (0.3 + 0.4 + 0.6) / 4, as in PyTorch's MultiMarginLoss documentation
+        >>> round(float(fl.multi_margin_loss(scores, label)), 4)
+        0.325
+        >>> round(float(fl.multi_margin_loss(scores, label, p=2)), 4)
+        0.1525
+""")
+@same_type_as_input
+def multi_margin_loss(input: ArrayLike, target: ArrayLike, *, p: Literal[1, 2] = 1,
+                      margin: float = 1.0, weight: ArrayLike | None = None,
+                      reduction: Reduction = "mean", return_grad: bool = False,
+                      backend: Backend = None) -> Loss | LossAndGrad:
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"p: expected 1 or 2 (as PyTorch), got {p!r}")
     margin = check_real(margin, "margin")
@@ -333,6 +450,18 @@ def multi_margin_loss(input, target, *, p=1, margin=1.0, weight=None, reduction=
                 reference_kwargs={"p": int(p), "margin": margin})
 
 
+@overload
+def multiclass_hinge_loss(input: ArrayLike, target: ArrayLike, *, margin: float = ...,
+                          reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                          backend: Backend = ...) -> Loss: ...
+@overload
+def multiclass_hinge_loss(input: ArrayLike, target: ArrayLike, *, margin: float = ...,
+                          reduction: Reduction = ..., return_grad: Literal[True],
+                          backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def multiclass_hinge_loss(input: ArrayLike, target: ArrayLike, *, margin: float = ...,
+                          reduction: Reduction = ..., return_grad: bool,
+                          backend: Backend = ...) -> Loss | LossAndGrad: ...
 @_doc("""Multi-class hinge loss in the Crammer–Singer form, as optax
     ``multiclass_hinge_loss``, Keras ``CategoricalHinge`` (with index targets)
     and scikit-learn's ``hinge_loss`` for more than two classes.
@@ -341,9 +470,16 @@ def multi_margin_loss(input, target, *, p=1, margin=1.0, weight=None, reduction=
     Per row: max(0, margin + max_{c != y} x_c - x_y); with C = 1, 0.  The
     gradient (a subgradient) is +1 at the first class attaining the max and
     -1 at the target where the hinge is active, 0 elsewhere.
-""", mean="divided by N")
-def multiclass_hinge_loss(input, target, *, margin=1.0, reduction="mean", return_grad=False,
-                          backend=None):
+""", mean="divided by N", example="""
+        >>> import numpy as np, fastloss as fl
+        >>> scores, label = np.array([[0.1, 0.2, 0.4, 0.8]]), np.array([3])
+        >>> round(float(fl.multiclass_hinge_loss(scores, label)), 4)  # 1 + 0.4 - 0.8
+        0.6
+""")
+@same_type_as_input
+def multiclass_hinge_loss(input: ArrayLike, target: ArrayLike, *, margin: float = 1.0,
+                          reduction: Reduction = "mean", return_grad: bool = False,
+                          backend: Backend = None) -> Loss | LossAndGrad:
     margin = check_positive(margin, "margin")
     return _run("multiclass_hinge_loss", input, target, reduction=reduction,
                 return_grad=return_grad, backend=backend, p0=margin, two_d_only=True,

@@ -21,10 +21,14 @@ from __future__ import annotations
 import math
 import numbers
 import types
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from .. import _dispatch, reference
+from .._convert import same_type_as_input
+from .._typing import (ArrayLike, Array, Backend, Loss, LossAndGrad, LossAndGrads, Metric,
+                       PairReduction, Reduction)
 from .._validate import FLOAT_DTYPES, ArrayMeta, check_bool, check_real
 
 __all__ = ["pairwise_distances", "contrastive_loss", "triplet_margin_loss",
@@ -186,6 +190,7 @@ class _Batch:
             if self.on_gpu and not meta.contiguous:
                 raise ValueError(f"{name}: non-contiguous GPU arrays are not supported "
                                  f"(shape {meta.shape}); make a contiguous copy first")
+        assert first is not None       # every caller names at least one array
         self.dtype = first[1].dtype
         self.shapes = {n: m.shape for n, m in metas.items()}
         self.arrays = {n: (m.array if self.on_gpu else np.ascontiguousarray(m.array))
@@ -272,7 +277,9 @@ def _need_rows(n, name, at_least=2):
 
 
 # ---------------------------------------------------------------- the losses
-def pairwise_distances(x, y=None, *, metric="euclidean", backend=None):
+@same_type_as_input
+def pairwise_distances(x: ArrayLike, y: ArrayLike | None = None, *, metric: Metric = "euclidean",
+                       backend: Backend = None) -> Array:
     """The (N, M) matrix of distances between the rows of x (N, D) and y (M, D)
     (y = x when None), in x's dtype, computed tile by tile on the threads.
 
@@ -303,9 +310,29 @@ def pairwise_distances(x, y=None, *, metric="euclidean", backend=None):
     return batch.module.pair_matrix(a, b, metric)
 
 
-def contrastive_loss(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
-                     distance="euclidean", normalize_embeddings=True,
-                     reduction="mean_nonzero", return_grad=False, backend=None):
+# Each loss comes with three typing overloads, for return_grad=False (the default: the
+# value), True ((value, gradient)) and a bool not known statically (either), then
+# its implementation.
+@overload
+def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, pos_margin: float = ...,
+                     neg_margin: float = ..., distance: Metric = ...,
+                     normalize_embeddings: bool = ..., reduction: PairReduction = ...,
+                     return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, pos_margin: float = ...,
+                     neg_margin: float = ..., distance: Metric = ...,
+                     normalize_embeddings: bool = ..., reduction: PairReduction = ...,
+                     return_grad: Literal[True], backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, pos_margin: float = ...,
+                     neg_margin: float = ..., distance: Metric = ...,
+                     normalize_embeddings: bool = ..., reduction: PairReduction = ...,
+                     return_grad: bool, backend: Backend = ...) -> Loss | LossAndGrad: ...
+@same_type_as_input
+def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, pos_margin: float = 0.0,
+                     neg_margin: float = 1.0, distance: Metric = "euclidean",
+                     normalize_embeddings: bool = True, reduction: PairReduction = "mean_nonzero",
+                     return_grad: bool = False, backend: Backend = None) -> Loss | LossAndGrad:
     """Contrastive loss over all ordered pairs of a batch, as
     pytorch-metric-learning's ``ContrastiveLoss`` (Hadsell et al., 2006).
 
@@ -388,8 +415,26 @@ def _from_reference(batch, result, return_grad):
     return batch.value(value), grads
 
 
-def triplet_margin_loss(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=False,
-                        reduction="mean", return_grad=False, backend=None):
+@overload
+def triplet_margin_loss(anchor: ArrayLike, positive: ArrayLike, negative: ArrayLike, *,
+                        margin: float = ..., p: float = ..., eps: float = ..., swap: bool = ...,
+                        reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                        backend: Backend = ...) -> Loss: ...
+@overload
+def triplet_margin_loss(anchor: ArrayLike, positive: ArrayLike, negative: ArrayLike, *,
+                        margin: float = ..., p: float = ..., eps: float = ..., swap: bool = ...,
+                        reduction: Reduction = ..., return_grad: Literal[True],
+                        backend: Backend = ...) -> LossAndGrads: ...
+@overload
+def triplet_margin_loss(anchor: ArrayLike, positive: ArrayLike, negative: ArrayLike, *,
+                        margin: float = ..., p: float = ..., eps: float = ..., swap: bool = ...,
+                        reduction: Reduction = ..., return_grad: bool,
+                        backend: Backend = ...) -> Loss | LossAndGrads: ...
+@same_type_as_input
+def triplet_margin_loss(anchor: ArrayLike, positive: ArrayLike, negative: ArrayLike, *,
+                        margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
+                        reduction: Reduction = "mean", return_grad: bool = False,
+                        backend: Backend = None) -> Loss | LossAndGrads:
     """Triplet margin loss, as ``torch.nn.functional.triplet_margin_loss``
     (PyTorch 2.13) exactly.
 
@@ -460,9 +505,27 @@ def triplet_margin_loss(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e
     return value, tuple(grads)
 
 
-def batch_hard_triplet_loss(embeddings, labels, *, margin=1.0, distance="euclidean",
-                            normalize_embeddings=False, soft=False, reduction="mean",
-                            return_grad=False, backend=None):
+@overload
+def batch_hard_triplet_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float = ...,
+                            distance: Metric = ..., normalize_embeddings: bool = ...,
+                            soft: bool = ..., reduction: PairReduction = ...,
+                            return_grad: Literal[False] = ..., backend: Backend = ...) -> Loss: ...
+@overload
+def batch_hard_triplet_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float = ...,
+                            distance: Metric = ..., normalize_embeddings: bool = ...,
+                            soft: bool = ..., reduction: PairReduction = ...,
+                            return_grad: Literal[True], backend: Backend = ...) -> LossAndGrad: ...
+@overload
+def batch_hard_triplet_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float = ...,
+                            distance: Metric = ..., normalize_embeddings: bool = ...,
+                            soft: bool = ..., reduction: PairReduction = ..., return_grad: bool,
+                            backend: Backend = ...) -> Loss | LossAndGrad: ...
+@same_type_as_input
+def batch_hard_triplet_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float = 1.0,
+                            distance: Metric = "euclidean", normalize_embeddings: bool = False,
+                            soft: bool = False, reduction: PairReduction = "mean",
+                            return_grad: bool = False,
+                            backend: Backend = None) -> Loss | LossAndGrad:
     """Batch-hard triplet loss (Hermans, Beyer & Leibe, 2017): per anchor its
     hardest positive (the farthest embedding of its label) and hardest
     negative (the nearest of another label), mined inside the tile loop.
@@ -515,6 +578,7 @@ def batch_hard_triplet_loss(embeddings, labels, *, margin=1.0, distance="euclide
     else:
         loss = np.maximum(z, 0.0)
         slope = (z > 0).astype(np.float64)
+    value: Any        # a float, or the (N,) per-anchor losses
     if reduction == "mean_nonzero":
         keep = loss > 0
         k = int(keep.sum())
@@ -536,8 +600,27 @@ def batch_hard_triplet_loss(embeddings, labels, *, margin=1.0, distance="euclide
     return value, (batch.back(grad, xk, length) if norm else grad)
 
 
-def info_nce_loss(query, positive_key, negative_keys=None, *, temperature=0.1,
-                  negative_mode="unpaired", reduction="mean", return_grad=False, backend=None):
+@overload
+def info_nce_loss(query: ArrayLike, positive_key: ArrayLike, negative_keys: ArrayLike | None = ...,
+                  *, temperature: float = ..., negative_mode: Literal["unpaired", "paired"] = ...,
+                  reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                  backend: Backend = ...) -> Loss: ...
+@overload
+def info_nce_loss(query: ArrayLike, positive_key: ArrayLike, negative_keys: ArrayLike | None = ...,
+                  *, temperature: float = ..., negative_mode: Literal["unpaired", "paired"] = ...,
+                  reduction: Reduction = ..., return_grad: Literal[True],
+                  backend: Backend = ...) -> LossAndGrads: ...
+@overload
+def info_nce_loss(query: ArrayLike, positive_key: ArrayLike, negative_keys: ArrayLike | None = ...,
+                  *, temperature: float = ..., negative_mode: Literal["unpaired", "paired"] = ...,
+                  reduction: Reduction = ..., return_grad: bool,
+                  backend: Backend = ...) -> Loss | LossAndGrads: ...
+@same_type_as_input
+def info_nce_loss(query: ArrayLike, positive_key: ArrayLike,
+                  negative_keys: ArrayLike | None = None, *, temperature: float = 0.1,
+                  negative_mode: Literal["unpaired", "paired"] = "unpaired",
+                  reduction: Reduction = "mean", return_grad: bool = False,
+                  backend: Backend = None) -> Loss | LossAndGrads:
     """InfoNCE, as the info-nce-pytorch package's ``info_nce`` (van den Oord et
     al., 2018): cosine similarities over ``temperature``, then cross-entropy
     with the positive as the target.
@@ -637,7 +720,22 @@ def info_nce_loss(query, positive_key, negative_keys=None, *, temperature=0.1,
                    batch.back(gn, neg, n_len, raw=True))
 
 
-def nt_xent_loss(z1, z2, *, temperature=0.5, reduction="mean", return_grad=False, backend=None):
+@overload
+def nt_xent_loss(z1: ArrayLike, z2: ArrayLike, *, temperature: float = ...,
+                 reduction: Reduction = ..., return_grad: Literal[False] = ...,
+                 backend: Backend = ...) -> Loss: ...
+@overload
+def nt_xent_loss(z1: ArrayLike, z2: ArrayLike, *, temperature: float = ...,
+                 reduction: Reduction = ..., return_grad: Literal[True],
+                 backend: Backend = ...) -> LossAndGrads: ...
+@overload
+def nt_xent_loss(z1: ArrayLike, z2: ArrayLike, *, temperature: float = ...,
+                 reduction: Reduction = ..., return_grad: bool,
+                 backend: Backend = ...) -> Loss | LossAndGrads: ...
+@same_type_as_input
+def nt_xent_loss(z1: ArrayLike, z2: ArrayLike, *, temperature: float = 0.5,
+                 reduction: Reduction = "mean", return_grad: bool = False,
+                 backend: Backend = None) -> Loss | LossAndGrads:
     """NT-Xent, SimCLR's loss (Chen et al., 2020), over the 2N views
     Z = [z1; z2]: with s_ij = cos(z_i, z_j) / temperature, view i's positive is
     its pair (i + N mod 2N) and every other view is a negative:

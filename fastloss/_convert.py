@@ -1,0 +1,101 @@
+"""Same type out as in: every public loss returns the array type of its first argument.
+
+- NumPy (or anything else on the host) in: NumPy arrays and NumPy scalars out.
+- A PyTorch tensor in: tensors on the tensor's device (CPU results wrap the
+  NumPy result, zero-copy; CUDA results wrap the device array, zero-copy).
+- A CuPy array in: CuPy arrays (zero-copy views of the device results).
+- A Numba device array (or any other ``__cuda_array_interface__`` object) in:
+  Numba device arrays.
+
+A scalar result of a GPU call is a 0-d array on the same device.  Where a
+family computes its final scalar on the host (overlap and pairwise losses do
+their O(N·C) arithmetic in float64 NumPy), that scalar is copied back to the
+device: the call has synchronised already, in the backend.
+
+This module is the one place that knows the array libraries; it imports
+neither torch nor CuPy unless it is handed one of their arrays.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+
+from ._typing import F
+
+__all__ = ["same_type_as_input"]
+
+
+def _library(obj: object) -> str:
+    """'numpy' (host), 'torch', 'cupy' or 'numba' (any other GPU array)."""
+    module = type(obj).__module__
+    if module.startswith("torch"):
+        return "torch"
+    if module.startswith("cupy"):
+        return "cupy"
+    from ._dispatch import is_gpu_array   # noqa: PLC0415 (cheap; avoids an import cycle)
+    return "numba" if _has_cuda_interface(obj) or is_gpu_array(obj) else "numpy"
+
+
+def _has_cuda_interface(obj: object) -> bool:
+    try:
+        return hasattr(obj, "__cuda_array_interface__")
+    except RuntimeError:     # e.g. a CUDA tensor that requires grad
+        return True
+
+
+def _check_tensor(tensor: Any, name: str) -> None:
+    if tensor.requires_grad:
+        raise TypeError(f"{name}: a tensor that requires grad; the core API does not record "
+                        f"autograd. Use fastloss.torch (same names as torch.nn.functional), "
+                        f"or pass {name}.detach()")
+
+
+def _converter(first: Any) -> Callable[[Any], Any]:
+    """A function turning one result (NumPy or Numba device array) into ``first``'s type."""
+    library = _library(first)
+    if library == "torch":
+        import torch   # noqa: PLC0415
+        device = first.device
+        if device.type == "cpu":
+            return lambda v: torch.from_numpy(np.asarray(v))
+        return lambda v: torch.as_tensor(v, device=device)
+    if library == "cupy":
+        import cupy   # noqa: PLC0415
+        return cupy.asarray
+    from numba import cuda   # noqa: PLC0415
+
+    def to_device(v: Any) -> Any:
+        if isinstance(v, (np.ndarray, np.generic)):
+            return cuda.to_device(np.asarray(v))
+        return v
+    return to_device
+
+
+def _convert(result: Any, convert: Callable[[Any], Any]) -> Any:
+    if isinstance(result, tuple):
+        return tuple(_convert(v, convert) for v in result)
+    return convert(result)
+
+
+def same_type_as_input(fn: F) -> F:
+    """Decorate a public loss: results come back as its first argument's array type."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if args and type(args[0]) is np.ndarray:     # the common case: nothing to convert
+            return fn(*args, **kwargs)
+        arguments = signature.bind_partial(*args, **kwargs).arguments
+        first = next(iter(arguments.values()), None)
+        library = _library(first)
+        if library == "numpy":
+            return fn(*args, **kwargs)
+        if library == "torch":
+            for name, value in arguments.items():
+                if type(value).__module__.startswith("torch"):
+                    _check_tensor(value, name)
+        return _convert(fn(*args, **kwargs), _converter(first))
+    return wrapper  # type: ignore[return-value]
