@@ -81,15 +81,8 @@ from . import _dispatch
 from .losses import elementwise as _elementwise
 from .losses import overlap as _overlap
 from .losses.elementwise import ELEMENTWISE_LOSSES
+from .losses.multiclass import MEAN_DIVIDES_BY as ROWWISE_MEANS  # how their "mean" divides
 from .losses.overlap import OVERLAP_LOSSES
-
-#: row-wise losses -> how "mean" divides (as fastloss.losses.multiclass does):
-#: "weight" the sum of weight[target] over the non-ignored rows (their count
-#: without a weight; the rows for probability targets), "valid" the count of
-#: the non-ignored rows, "rows" every row
-ROWWISE_MEANS = {"cross_entropy": "weight", "nll_loss": "weight",
-                 "softmax_focal_loss": "valid", "multi_margin_loss": "rows",
-                 "multiclass_hinge_loss": "rows"}
 
 #: elementwise losses whose "mean" divides by sum(weight) when a weight is given
 _MEAN_BY_WEIGHT_SUM = frozenset(

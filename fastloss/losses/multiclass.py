@@ -25,7 +25,7 @@ from .._validate import (ArrayMeta, check_bool, check_input, check_positive, che
 from ..kernels import LABEL_DTYPES, RowwiseCall
 
 __all__ = ["cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
-           "multiclass_hinge_loss", "MULTICLASS_LOSSES"]
+           "multiclass_hinge_loss", "MULTICLASS_LOSSES", "MEAN_DIVIDES_BY"]
 
 #: public name -> the kernels it uses
 MULTICLASS_LOSSES = {
@@ -38,10 +38,12 @@ MULTICLASS_LOSSES = {
 
 _NO_IGNORE = -(2 ** 63)
 
-# how "mean" divides the sum of the row values
-_BY_WEIGHT = "weight"     # the weights of the non-ignored targets (their count without weight)
-_BY_VALID = "valid"       # the number of non-ignored targets
-_BY_ROWS = "rows"         # the number of rows
+#: how "mean" divides the sum of the row values, per loss: "weight" the weights of the
+#: non-ignored targets (their count without a weight; every row for probability
+#: targets), "valid" the number of non-ignored targets, "rows" the number of rows
+MEAN_DIVIDES_BY = {"cross_entropy": "weight", "nll_loss": "weight",
+                   "softmax_focal_loss": "valid", "multi_margin_loss": "rows",
+                   "multiclass_hinge_loss": "rows"}
 
 
 def _check_int(value, name) -> int:
@@ -86,7 +88,7 @@ def _layout(meta: ArrayMeta, name, dtype=None):
 
 def _run(public, input, target, *, reduction, return_grad, backend, weight=None, alpha=None,
          ignore_index=None, smoothing=0.0, z_loss=0.0, p0=0.0, p1=0.0, two_d_only=False,
-         allow_prob=False, mean_by=_BY_WEIGHT, reference_kwargs=None):
+         allow_prob=False, reference_kwargs=None):
     if reduction not in REDUCTIONS:
         check_reduction(reduction)
     if return_grad is not True and return_grad is not False:
@@ -163,7 +165,8 @@ def _run(public, input, target, *, reduction, return_grad, backend, weight=None,
             _raise_bad_label(t, first, classes, ignore)
     scale = 1.0
     if reduction == "mean":
-        denom = {_BY_WEIGHT: weight_sum, _BY_VALID: float(valid), _BY_ROWS: float(rows)}[mean_by]
+        denom = {"weight": weight_sum, "valid": float(valid),
+                 "rows": float(rows)}[MEAN_DIVIDES_BY[public]]
         scale = 1.0 / denom if denom != 0 else float("nan")   # 0/0: nan, as PyTorch
     kernel = MULTICLASS_LOSSES[public][1 if prob else 0]
     call = RowwiseCall(
@@ -401,7 +404,7 @@ def softmax_focal_loss(input: ArrayLike, target: ArrayLike, *,
         ref["alpha"] = p0
     return _run("softmax_focal_loss", input, target, reduction=reduction,
                 return_grad=return_grad, backend=backend, weight=weight, alpha=alpha_array,
-                ignore_index=ignore_index, p0=p0, p1=gamma, mean_by=_BY_VALID,
+                ignore_index=ignore_index, p0=p0, p1=gamma,
                 reference_kwargs=ref)
 
 
@@ -446,7 +449,7 @@ def multi_margin_loss(input: ArrayLike, target: ArrayLike, *, p: Literal[1, 2] =
         raise ValueError(f"margin: expected a finite value, got {margin!r}")
     return _run("multi_margin_loss", input, target, reduction=reduction,
                 return_grad=return_grad, backend=backend, weight=weight, p0=margin,
-                p1=float(p), two_d_only=True, mean_by=_BY_ROWS,
+                p1=float(p), two_d_only=True,
                 reference_kwargs={"p": int(p), "margin": margin})
 
 
@@ -483,4 +486,4 @@ def multiclass_hinge_loss(input: ArrayLike, target: ArrayLike, *, margin: float 
     margin = check_positive(margin, "margin")
     return _run("multiclass_hinge_loss", input, target, reduction=reduction,
                 return_grad=return_grad, backend=backend, p0=margin, two_d_only=True,
-                mean_by=_BY_ROWS, reference_kwargs={"margin": margin})
+                reference_kwargs={"margin": margin})
