@@ -24,7 +24,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -120,15 +120,17 @@ def make_call(case: Case | str, backend: str, x, y, *, grad: bool = False,
         case = CASES[case]
     params = dict(case.params)
     if backend == "torch":
+        torch_fn = case.torch_fn
+        assert torch_fn is not None, f"{case.name}: no torch implementation"
         import torch
 
         xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
         if not grad:
-            return lambda: case.torch_fn(xt, yt, None, reduction, **params)
+            return lambda: torch_fn(xt, yt, None, reduction, **params)
         xt = xt.detach().clone().requires_grad_(True)
 
         def value_and_grad():
-            loss = case.torch_fn(xt, yt, None, reduction, **params)
+            loss = torch_fn(xt, yt, None, reduction, **params)
             (g,) = torch.autograd.grad(loss, xt)
             return loss, g
 
@@ -146,16 +148,18 @@ def make_multiclass_call(case: MulticlassCase | str, backend: str, x, y, *,
         case = MULTICLASS_CASES[case]
     params = dict(case.params)
     if backend == "torch":
+        torch_fn = case.torch_fn
+        assert torch_fn is not None, f"{case.name}: no torch implementation"
         import torch
 
         xt = torch.from_numpy(np.asarray(x))
         yt = torch.from_numpy(np.asarray(y).astype(np.int64))   # torch wants int64 labels
         if not grad:
-            return lambda: case.torch_fn(xt, yt, **params)
+            return lambda: torch_fn(xt, yt, **params)
         xt = xt.detach().clone().requires_grad_(True)
 
         def value_and_grad():
-            loss = case.torch_fn(xt, yt, **params)
+            loss = torch_fn(xt, yt, **params)
             (g,) = torch.autograd.grad(loss, xt)
             return loss, g
 
@@ -257,7 +261,7 @@ def make_pairwise_inputs(case: PairwiseCase | str, n: int, m: int | None = None,
 
     if case.name == "nt_xent_loss":
         z1 = normal(n, d)
-        out = (z1, z1 + 0.5 * normal(n, d))
+        out: tuple[np.ndarray, ...] = (z1, z1 + 0.5 * normal(n, d))
     elif case.name == "info_nce_loss":
         q = normal(n, d)
         out = (q, q + 0.5 * normal(n, d), normal(m or n, d))
@@ -384,7 +388,7 @@ def _torch_triplet(a, p, n, *, margin):
     return F.triplet_margin_loss(a, p, n, margin=margin)
 
 
-_TORCH_PAIRWISE = {"nt_xent_loss": _torch_nt_xent, "info_nce_loss": _torch_info_nce,
+_TORCH_PAIRWISE: dict[str, Callable[..., Any]] = {"nt_xent_loss": _torch_nt_xent, "info_nce_loss": _torch_info_nce,
                    "contrastive_loss": _torch_contrastive,
                    "batch_hard_triplet_loss": _torch_batch_hard,
                    "triplet_margin_loss": _torch_triplet}
@@ -708,6 +712,9 @@ def _ratio(base: float | None, t: float) -> str:
 
 
 def cmd_bench(args) -> int:
+    if args.report:
+        from fastloss._report import cmd_report     # matplotlib and the sizes grid live there
+        return cmd_report(args)
     dtype = np.dtype(args.dtype)
     families = {"multiclass": MULTICLASS_CASES, "overlap": OVERLAP_CASES}
     all_names = list(CASES) + sorted({c.name for cases in families.values()
@@ -780,14 +787,17 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def multiclass_shape(case: MulticlassCase, n: int) -> tuple[int, ...]:
+def multiclass_shape(case: MulticlassCase, n: int, keep_ndim: bool = False) -> tuple[int, ...]:
     """The case's layout scaled to about n logits: (n // C, C), or one sample
-    (1, C, h, w) of a square image."""
+    (1, C, h, w) of a square image; with ``keep_ndim`` one sample with as many
+    spatial axes as the case has (a cube for a 3-D case)."""
     classes = case.shape[1]
     if len(case.shape) == 2:
         return (max(1, n // classes), classes)
-    side = max(1, math.isqrt(max(1, n // classes)))
-    return (1, classes, side, side)
+    dims = len(case.shape) - 2 if keep_ndim else 2
+    per_class = max(1, n // classes)
+    side = math.isqrt(per_class) if dims == 2 else round(per_class ** (1 / dims))
+    return (1, classes) + (max(1, side),) * dims
 
 
 def _time_backends(make, backends, modes, repeats):
@@ -973,6 +983,16 @@ def main(argv: list[str] | None = None) -> int:
                                       "(default: all available)")
     p.add_argument("--grad", action="store_true", help="also time value + gradient")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
+    p.add_argument("--report", metavar="DIR",
+                   help="instead of the tables: time each family across sizes, both modes, "
+                        "and write DIR/README.md with PNG charts (needs matplotlib; "
+                        "'{tag}' in DIR becomes <cpu>-<cores>core-<date>; --backends may "
+                        "also name monai, pml; --n and --grad do not apply)")
+    p.add_argument("--sizes", help="with --report: comma-separated element counts, from "
+                                   "which each family sizes its inputs (default "
+                                   "1e4,1e5,1e6,1e7)")
+    p.add_argument("--quick", action="store_true",
+                   help="with --report: tiny sizes (1e3,1e4), 3 rounds: a plumbing check")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("check", help="every loss on every backend vs the NumPy reference")
@@ -985,4 +1005,5 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_check)
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)    # the report names its command
     return args.func(args)
