@@ -178,7 +178,8 @@ def _segmentation(seed=0, mask=False):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("cls,kwargs", OVERLAP, ids=lambda v: str(v))
+@pytest.mark.parametrize("cls,kwargs", OVERLAP, ids=[f"{cls}-{i}" for i, (cls, _) in
+                                                     enumerate(OVERLAP)])
 def test_overlap_modules_against_monai(cls, kwargs, reduction):
     monai = pytest.importorskip("monai.losses")
     x, target = _segmentation(mask=not kwargs.get("to_onehot_y"))
