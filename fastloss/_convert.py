@@ -17,9 +17,10 @@ neither torch nor CuPy unless it is handed one of their arrays.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -74,6 +75,39 @@ def _converter(first: Any) -> Callable[[Any], Any]:
     return to_device
 
 
+@contextlib.contextmanager
+def _ordered_with_stream_of(first: Any) -> Iterator[None]:
+    """Order the call's kernels after the work queued on ``first``'s stream, and
+    that stream's later work after the call's kernels, with two CUDA events: no
+    host synchronisation.
+
+    The kernels run on Numba's default stream; the caller's arrays belong to the
+    stream their ``__cuda_array_interface__`` names (PyTorch's and CuPy's current
+    stream).  Because the events order the two streams, the CUDA backend reads
+    the arrays without Numba's own per-array ``stream.synchronize()`` on import
+    (``as_cuda_array(..., sync=False)``).
+    """
+    try:
+        stream_ptr = first.__cuda_array_interface__.get("stream")
+    except (AttributeError, RuntimeError):
+        stream_ptr = None
+    from numba import config   # noqa: PLC0415
+    if not stream_ptr or getattr(config, "ENABLE_CUDASIM"):
+        yield
+        return
+    from numba import cuda   # noqa: PLC0415
+    theirs, ours = cuda.external_stream(stream_ptr), cuda.default_stream()
+    ready = cuda.event(timing=False)
+    ready.record(theirs)
+    ready.wait(ours)
+    try:
+        yield
+    finally:
+        done = cuda.event(timing=False)
+        done.record(ours)
+        done.wait(theirs)
+
+
 def _convert(result: Any, convert: Callable[[Any], Any]) -> Any:
     if isinstance(result, tuple):
         return tuple(_convert(v, convert) for v in result)
@@ -97,5 +131,7 @@ def same_type_as_input(fn: F) -> F:
             for name, value in arguments.items():
                 if type(value).__module__.startswith("torch"):
                     _check_tensor(value, name)
-        return _convert(fn(*args, **kwargs), _converter(first))
+        with _ordered_with_stream_of(first):
+            result = fn(*args, **kwargs)
+        return _convert(result, _converter(first))
     return wrapper  # type: ignore[return-value]

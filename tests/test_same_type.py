@@ -75,3 +75,46 @@ def test_device_array_in_device_array_out(label, fn, args, kwargs, backend):
         for got, want in zip(_leaves(result), _leaves(ref)):
             assert is_gpu_array(got) and hasattr(got, "copy_to_host"), type(got)
             np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_gpu_calls_are_ordered_with_the_callers_stream_by_events(monkeypatch):
+    """The CUDA kernels run on Numba's default stream; a call on arrays of another
+    stream (PyTorch's or CuPy's current one, named in __cuda_array_interface__) waits
+    for that stream's queued work, and that stream's later work waits for the call,
+    through events: no host synchronisation.  Checked with stand-ins for the CUDA
+    objects (the simulator has no streams)."""
+    from numba import config, cuda
+
+    from fastloss._convert import _ordered_with_stream_of
+
+    log = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+    class Event:
+        def record(self, stream):
+            log.append(("record", stream.name))
+
+        def wait(self, stream):
+            log.append(("wait", stream.name))
+
+    class Array:
+        __cuda_array_interface__ = {"shape": (3,), "typestr": "<f4", "data": (0, False),
+                                    "version": 3, "stream": 7}
+
+    monkeypatch.setattr(config, "ENABLE_CUDASIM", 0, raising=False)
+    monkeypatch.setattr(cuda, "external_stream",
+                        lambda ptr: Stream(f"caller {ptr}"), raising=False)
+    monkeypatch.setattr(cuda, "default_stream", lambda: Stream("numba"), raising=False)
+    monkeypatch.setattr(cuda, "event", lambda timing=False: Event(), raising=False)
+    with _ordered_with_stream_of(Array()):
+        log.append(("kernels",))
+    assert log == [("record", "caller 7"), ("wait", "numba"), ("kernels",),
+                   ("record", "numba"), ("wait", "caller 7")]
+    log.clear()
+    Array.__cuda_array_interface__ = dict(Array.__cuda_array_interface__, stream=None)
+    with _ordered_with_stream_of(Array()):      # the default stream: nothing to order
+        log.append(("kernels",))
+    assert log == [("kernels",)]

@@ -170,7 +170,9 @@ def _shared_kernels():
 def _as_device(array):
     if _simulated() or cuda.is_cuda_array(array) and hasattr(array, "copy_to_host"):
         return array
-    return cuda.as_cuda_array(array)   # CuPy, torch: a view, no copy
+    # CuPy, torch: a view, no copy.  No sync on the array's stream: the public
+    # functions order their stream and ours with events (fastloss._convert).
+    return cuda.as_cuda_array(array, sync=False)
 
 
 def _reduce(loss, x, y, w, a, p0, p1, want_out, want_grad, grad_scale, total_scale):
