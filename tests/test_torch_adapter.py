@@ -207,6 +207,8 @@ def test_overlap_softmax_none_needs_equal_grad_output_per_sample():
     ref = ft.DiceLoss(softmax=True, to_onehot_y=True, reduction="none")(xr,
                                                                         torch.from_numpy(target))
     assert_same(grad, grads_of((ref * per_sample).sum(), (xr,))[0])
+    value = ft.DiceLoss(softmax=True, to_onehot_y=True, reduction="none")(xt,
+                                                                          torch.from_numpy(target))
     with pytest.raises(RuntimeError, match="equal grad_output entries across the classes"):
         grads_of(value, (xt,), random_like(value))
 
@@ -336,6 +338,7 @@ def test_pair_losses_none_need_equal_grad_output():
     (sum_grad,) = grads_of(value, (e,))                    # equal entries: the sum's gradient
     (ref,) = grads_of(F.contrastive_loss(e, labels, reduction="sum"), (e,))
     assert_same(sum_grad, ref)
+    value = F.contrastive_loss(e, labels, reduction="none")
     with pytest.raises(RuntimeError, match="needs a grad_output with equal entries"):
         grads_of(value, (e,), random_like(value))
 
@@ -421,6 +424,26 @@ def test_backward_twice_with_retain_graph_and_grad_output_scaling():
     _, core_grad = fl.log_cosh_loss(x, y, return_grad=True)
     np.testing.assert_allclose(first.numpy(), 3.0 * core_grad, rtol=1e-13)
     np.testing.assert_allclose(xt.grad.numpy(), 4.0 * core_grad, rtol=1e-13)
+
+
+def test_plain_backward_returns_the_kept_gradient_safely():
+    """loss.backward() (grad_output 1) hands autograd the kept gradient itself: two
+    backward passes, a second loss on the same leaf and a non-leaf input must all
+    still see the right, unchanged values."""
+    x, y = testing.make_inputs("mse_loss", (5, 4), np.float64)
+    _, g = fl.mse_loss(x, y, return_grad=True)
+    xt = leaf(x)
+    value = F.mse_loss(xt, leaf(y, False))
+    value.backward(retain_graph=True)
+    value.backward(retain_graph=True)
+    F.mse_loss(xt, leaf(y, False)).backward()
+    np.testing.assert_allclose(xt.grad.numpy(), 3 * g, rtol=1e-13)
+    value.backward()
+    np.testing.assert_allclose(xt.grad.numpy(), 4 * g, rtol=1e-13)
+    w = leaf(x)
+    (F.mse_loss(w * 2.0, leaf(y, False)) + F.mse_loss(w * 2.0, leaf(y, False))).backward()
+    _, g2 = fl.mse_loss(2.0 * x, y, return_grad=True)
+    np.testing.assert_allclose(w.grad.numpy(), 4 * g2, rtol=1e-13)
 
 
 def test_forward_without_backward_and_under_no_grad():

@@ -4,9 +4,10 @@ kernel once and keeps the gradients; the backward only scales them.
 A loss call is described by a :class:`Call`: the core function, its options,
 the tensors it takes (by name), which of them the kernel differentiates, and
 how ``grad_output`` broadcasts onto the kept gradients.  The backward returns
-``kept * expand(grad_output)``, new tensors each time, so a second backward
-with ``retain_graph=True`` gives the same gradients and a forward whose
-backward never runs costs only the kept arrays.
+``kept * expand(grad_output)`` (the kept tensor itself for a CPU
+``grad_output`` of 1, as from ``loss.backward()``), so a second backward with
+``retain_graph=True`` gives the same gradients and a forward whose backward
+never runs costs only the kept arrays.
 """
 from __future__ import annotations
 
@@ -76,9 +77,21 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        scale = grad_output if grad_output.dim() == 0 else ctx.call.expand(grad_output)
         saved = iter(ctx.saved_tensors)
+        if _is_one(grad_output):
+            # loss.backward(): the kept gradient is the answer, and a pass over it is
+            # saved.  Autograd copies a returned tensor before it accumulates into it
+            # while the graph (retain_graph) still holds it, so the kept one is never
+            # changed.
+            return (None,) + tuple(next(saved) if kept else None for kept in ctx.kept)
+        scale = grad_output if grad_output.dim() == 0 else ctx.call.expand(grad_output)
         return (None,) + tuple(next(saved) * scale if kept else None for kept in ctx.kept)
+
+
+def _is_one(grad_output: torch.Tensor) -> bool:
+    """A CPU scalar 1 (reading a CUDA one would synchronise the host: not done)."""
+    return (grad_output.dim() == 0 and grad_output.device.type == "cpu"
+            and grad_output.item() == 1.0)
 
 
 # ---- how grad_output of reduction="none" reaches the kept gradients ----------------
