@@ -398,6 +398,18 @@ def _doc(text, extra=_WEIGHTING):
     return decorate
 
 
+#: the start of the examples below: a 4 x 4 image of two classes, class 1 in the top
+#: half of the target and predicted there
+_TWO_CLASS_EXAMPLE = """    Example::
+
+        >>> import numpy as np, fastloss as fl
+        >>> logits = np.zeros((1, 2, 4, 4), np.float32)
+        >>> logits[0, 1, :2] = 2.0              # class 1 predicted in the top half
+        >>> labels = np.zeros((1, 4, 4), np.uint8)
+        >>> labels[0, :2] = 1                   # and there in the target
+"""
+
+
 @_doc("""Dice loss, as MONAI's ``DiceLoss`` (``to_onehot_y=True`` for index targets).
 
     Per (sample, class): I = Σ p t, P = Σ p^q, T = Σ t^q over the voxels
@@ -434,14 +446,7 @@ def dice_loss(input, target, *, activation=None, include_background=True, square
     With the sums of :func:`dice_loss`:
     f = 1 − (2 I + smooth_nr) / (2 (P + T − I) + smooth_dr).
 
-    Example::
-
-        >>> import numpy as np, fastloss as fl
-        >>> logits = np.zeros((1, 2, 4, 4), np.float32)
-        >>> logits[0, 1, :2] = 2.0              # class 1 predicted in the top half
-        >>> labels = np.zeros((1, 4, 4), np.uint8)
-        >>> labels[0, :2] = 1                   # and there in the target
-        >>> round(float(fl.jaccard_loss(logits, labels, activation="softmax")), 4)
+""" + _TWO_CLASS_EXAMPLE + """        >>> round(float(fl.jaccard_loss(logits, labels, activation="softmax")), 4)
         0.483
 
     squared_pred : bool
@@ -467,14 +472,7 @@ def jaccard_loss(input, target, *, activation=None, include_background=True,
     gamma=0.75 here; MONAI has no gamma).  α weighs false positives, β false
     negatives (α = β = 0.5 is the Dice loss).
 
-    Example::
-
-        >>> import numpy as np, fastloss as fl
-        >>> logits = np.zeros((1, 2, 4, 4), np.float32)
-        >>> logits[0, 1, :2] = 2.0              # class 1 predicted in the top half
-        >>> labels = np.zeros((1, 4, 4), np.uint8)
-        >>> labels[0, :2] = 1                   # and there in the target
-        >>> round(float(fl.tversky_loss(logits, labels, activation="softmax",
+""" + _TWO_CLASS_EXAMPLE + """        >>> round(float(fl.tversky_loss(logits, labels, activation="softmax",
         ...                             alpha=0.3, beta=0.7)), 4)
         0.3225
         >>> # focal Tversky, Abraham and Khan's 1/gamma = 4/3
@@ -506,14 +504,7 @@ def tversky_loss(input, target, *, alpha=0.5, beta=0.5, gamma=1.0, activation=No
     f = 1 − (2 Σ_c w I + smooth_nr) / (Σ_c w (P + T) + smooth_dr).
     The weights depend on the target only: constants for the gradient.
 
-    Example::
-
-        >>> import numpy as np, fastloss as fl
-        >>> logits = np.zeros((1, 2, 4, 4), np.float32)
-        >>> logits[0, 1, :2] = 2.0              # class 1 predicted in the top half
-        >>> labels = np.zeros((1, 4, 4), np.uint8)
-        >>> labels[0, :2] = 1                   # and there in the target
-        >>> round(float(fl.generalized_dice_loss(logits, labels, activation="softmax")), 4)
+""" + _TWO_CLASS_EXAMPLE + """        >>> round(float(fl.generalized_dice_loss(logits, labels, activation="softmax")), 4)
         0.3096
 
     w_type : "square" | "simple" | "uniform"
