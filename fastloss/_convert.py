@@ -97,13 +97,14 @@ def _ordered_with_stream_of(first: Any) -> Iterator[None]:
         return
     from numba import cuda   # noqa: PLC0415
     theirs, ours = cuda.external_stream(stream_ptr), cuda.default_stream()
-    ready = cuda.event(timing=False)
+    # (the ignores: mypy reads numba.cuda as the simulator, whose Event takes no timing)
+    ready = cuda.event(timing=False)  # type: ignore[call-arg]
     ready.record(theirs)
     ready.wait(ours)
     try:
         yield
     finally:
-        done = cuda.event(timing=False)
+        done = cuda.event(timing=False)  # type: ignore[call-arg]
         done.record(ours)
         done.wait(theirs)
 
