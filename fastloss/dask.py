@@ -78,16 +78,10 @@ except ImportError as exc:   # pragma: no cover - depends on the environment
                       f"(dask[array]) ({exc})") from exc
 
 from . import _dispatch
-from .losses import elementwise as _elementwise
 from .losses import overlap as _overlap
-from .losses.elementwise import ELEMENTWISE_LOSSES
+from .losses.elementwise import ELEMENTWISE_LOSSES, MEAN_BY_WEIGHT_SUM
 from .losses.multiclass import MEAN_DIVIDES_BY as ROWWISE_MEANS  # how their "mean" divides
 from .losses.overlap import OVERLAP_LOSSES
-
-#: elementwise losses whose "mean" divides by sum(weight) when a weight is given
-_MEAN_BY_WEIGHT_SUM = frozenset(
-    loss.public for loss in vars(_elementwise).values()
-    if isinstance(loss, _elementwise._Loss) and loss.mean_by_weight_sum)
 
 _NOT_CHUNK_ARGS = ("input", "target", "reduction", "return_grad")
 _PART = "z"            # blockwise index of the partials' own axis
@@ -239,7 +233,7 @@ def _elementwise_family(name, core, x, target, kw, reduction):
             else:
                 operands.append((_broadcast_like(value, arg, x), _index(x.ndim)))
             names.append(arg)
-    by_weight = name in _MEAN_BY_WEIGHT_SUM
+    by_weight = name in MEAN_BY_WEIGHT_SUM
     family = _Sums(core, kw, tuple(names), reduction, x.dtype, x.ndim,
                    _ElementwiseDenominator(by_weight), _index(x.ndim))
     return family, operands

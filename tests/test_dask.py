@@ -327,7 +327,7 @@ def test_signatures_follow_the_core():
         params = inspect.signature(fn).parameters
         assert list(params) == list(core) + ["split_every"], name
         assert all(params[k].default == core[k].default for k in core), name
-    assert fld._MEAN_BY_WEIGHT_SUM == {"mse_loss", "l1_loss"}
+    assert fld.MEAN_BY_WEIGHT_SUM == {"mse_loss", "l1_loss"}
 
 
 # ---- a distributed cluster ----------------------------------------------------------------

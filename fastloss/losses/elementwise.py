@@ -22,7 +22,7 @@ from ..kernels import ElementwiseCall, checks
 __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "log_cosh_loss", "quantile_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
-    "hinge_loss", "ELEMENTWISE_LOSSES",
+    "hinge_loss", "ELEMENTWISE_LOSSES", "MEAN_BY_WEIGHT_SUM",
 ]
 
 
@@ -48,8 +48,11 @@ _FOCAL = _Loss("sigmoid_focal_loss", "sigmoid_focal")
 _HINGE = _Loss("hinge_loss", "hinge", target_pm1=True)
 
 #: public name -> kernel name, for every elementwise loss
-ELEMENTWISE_LOSSES = {loss.public: loss.kernel for loss in (
-    _MSE, _L1, _HUBER, _SMOOTH_L1, _LOG_COSH, _QUANTILE, _BCE, _BCE_LOGITS, _FOCAL, _HINGE)}
+_LOSSES = (_MSE, _L1, _HUBER, _SMOOTH_L1, _LOG_COSH, _QUANTILE, _BCE, _BCE_LOGITS, _FOCAL,
+           _HINGE)
+ELEMENTWISE_LOSSES = {loss.public: loss.kernel for loss in _LOSSES}
+#: the losses whose "mean" with a weight divides by sum(weight) (the others by N)
+MEAN_BY_WEIGHT_SUM = frozenset(loss.public for loss in _LOSSES if loss.mean_by_weight_sum)
 
 
 def _host_layout(meta: ArrayMeta, shape, dtype):
