@@ -37,14 +37,7 @@ def _library(obj: object) -> str:
     if module.startswith("cupy"):
         return "cupy"
     from ._dispatch import is_gpu_array   # noqa: PLC0415 (cheap; avoids an import cycle)
-    return "numba" if _has_cuda_interface(obj) or is_gpu_array(obj) else "numpy"
-
-
-def _has_cuda_interface(obj: object) -> bool:
-    try:
-        return hasattr(obj, "__cuda_array_interface__")
-    except RuntimeError:     # e.g. a CUDA tensor that requires grad
-        return True
+    return "numba" if is_gpu_array(obj) else "numpy"
 
 
 def _check_tensor(tensor: Any, name: str) -> None:

@@ -52,8 +52,12 @@ class BackendUnavailable(RuntimeError):
 def is_gpu_array(obj: object) -> bool:
     """True for arrays that live on a GPU: anything with ``__cuda_array_interface__``,
     and Numba's simulated device arrays (``NUMBA_ENABLE_CUDASIM=1``), which lack it."""
-    return hasattr(obj, "__cuda_array_interface__") or type(obj).__module__.startswith(
-        "numba.cuda.simulator")
+    try:
+        if hasattr(obj, "__cuda_array_interface__"):
+            return True
+    except RuntimeError:    # a CUDA tensor that requires grad refuses to export it
+        return True
+    return type(obj).__module__.startswith("numba.cuda.simulator")
 
 
 def _load(name: str):
