@@ -65,14 +65,24 @@ def _weighted(options: dict[str, Any], **tensors) -> dict[str, Any]:
 
 # ---- elementwise ---------------------------------------------------------------------
 
+#: losses of input − target: d loss / d target = −d loss / d input
+_OF_DIFFERENCE = frozenset({"mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
+                            "log_cosh_loss", "quantile_loss"})
+
+
+def _pointwise(core, input, target, options, names=("input", "target")) -> Tensor:
+    """One loss per element: grad_output multiplies the kept gradient as it is."""
+    return apply(Call(core, names, options, negated_target=core.__name__ in _OF_DIFFERENCE,
+                      expand=same), input, target)
+
+
 def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
              reduction: str = "mean", weight: Tensor | None = None, *,
              backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.mse_loss``."""
     options = _weighted(dict(reduction=_reduction(size_average, reduce, reduction),
                              backend=backend), weight=weight)
-    return apply(Call(_fl.mse_loss, ("input", "target"), options, negated_target=True,
-                      expand=same), input, target)
+    return _pointwise(_fl.mse_loss, input, target, options)
 
 
 def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
@@ -81,16 +91,14 @@ def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
     """As ``torch.nn.functional.l1_loss``."""
     options = _weighted(dict(reduction=_reduction(size_average, reduce, reduction),
                              backend=backend), weight=weight)
-    return apply(Call(_fl.l1_loss, ("input", "target"), options, negated_target=True,
-                      expand=same), input, target)
+    return _pointwise(_fl.l1_loss, input, target, options)
 
 
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
                weight: Tensor | None = None, *, backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.huber_loss``."""
     options = _weighted(dict(reduction=reduction, delta=delta, backend=backend), weight=weight)
-    return apply(Call(_fl.huber_loss, ("input", "target"), options, negated_target=True,
-                      expand=same), input, target)
+    return _pointwise(_fl.huber_loss, input, target, options)
 
 
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
@@ -99,24 +107,21 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None
     """As ``torch.nn.functional.smooth_l1_loss``."""
     options = dict(reduction=_reduction(size_average, reduce, reduction), beta=beta,
                    backend=backend)
-    return apply(Call(_fl.smooth_l1_loss, ("input", "target"), options, negated_target=True,
-                      expand=same), input, target)
+    return _pointwise(_fl.smooth_l1_loss, input, target, options)
 
 
 def log_cosh_loss(input: Tensor, target: Tensor, reduction: str = "mean",
                   weight: Tensor | None = None, *, backend: str | None = None) -> Tensor:
     """:func:`fastloss.log_cosh_loss` on tensors."""
     options = _weighted(dict(reduction=reduction, backend=backend), weight=weight)
-    return apply(Call(_fl.log_cosh_loss, ("input", "target"), options, negated_target=True,
-                      expand=same), input, target)
+    return _pointwise(_fl.log_cosh_loss, input, target, options)
 
 
 def quantile_loss(input: Tensor, target: Tensor, q: float = 0.5, reduction: str = "mean",
                   weight: Tensor | None = None, *, backend: str | None = None) -> Tensor:
     """:func:`fastloss.quantile_loss` on tensors (``q`` may be a tensor of levels)."""
     options = _weighted(dict(reduction=reduction, backend=backend), weight=weight, q=q)
-    return apply(Call(_fl.quantile_loss, ("input", "target"), options, negated_target=True,
-                      expand=same), input, target)
+    return _pointwise(_fl.quantile_loss, input, target, options)
 
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -125,8 +130,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     """As ``torch.nn.functional.binary_cross_entropy``."""
     options = _weighted(dict(reduction=_reduction(size_average, reduce, reduction),
                              backend=backend), weight=weight)
-    return apply(Call(_fl.binary_cross_entropy, ("input", "target"), options, expand=same),
-                 input, target)
+    return _pointwise(_fl.binary_cross_entropy, input, target, options)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
@@ -137,8 +141,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     """As ``torch.nn.functional.binary_cross_entropy_with_logits``."""
     options = _weighted(dict(reduction=_reduction(size_average, reduce, reduction),
                              backend=backend), weight=weight, pos_weight=pos_weight)
-    return apply(Call(_fl.binary_cross_entropy_with_logits, ("input", "target"), options,
-                      expand=same), input, target)
+    return _pointwise(_fl.binary_cross_entropy_with_logits, input, target, options)
 
 
 def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25,
@@ -146,8 +149,7 @@ def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25,
                        backend: str | None = None) -> Tensor:
     """As ``torchvision.ops.sigmoid_focal_loss`` (default ``reduction="none"``)."""
     options = dict(alpha=alpha, gamma=gamma, reduction=reduction, backend=backend)
-    return apply(Call(_fl.sigmoid_focal_loss, ("inputs", "targets"), options, expand=same),
-                 inputs, targets)
+    return _pointwise(_fl.sigmoid_focal_loss, inputs, targets, options, names=("inputs", "targets"))
 
 
 def hinge_loss(input: Tensor, target: Tensor, margin: float = 1.0, squared: bool = False,
@@ -156,8 +158,7 @@ def hinge_loss(input: Tensor, target: Tensor, margin: float = 1.0, squared: bool
     """:func:`fastloss.hinge_loss` on tensors (targets ±1)."""
     options = _weighted(dict(margin=margin, squared=squared, reduction=reduction,
                              backend=backend), weight=weight)
-    return apply(Call(_fl.hinge_loss, ("input", "target"), options, expand=same),
-                 input, target)
+    return _pointwise(_fl.hinge_loss, input, target, options)
 
 
 # ---- multi-class: one loss per row, the class axis is 1 ------------------------------
