@@ -1081,6 +1081,13 @@ def _build_pair_tiles(dt):
             e += threads
 
     @cuda.jit(device=True)
+    def owned_entry(k):
+        """(row, column) in the tile of this thread's k-th entry (entries tid + k * threads)."""
+        e = cuda.threadIdx.x + k * threads
+        r = e // TC
+        return r, e - r * TC
+
+    @cuda.jit(device=True)
     def gram(G, a, b, r0, nr, c0, nc):
         """G[r, j] = a[r0 + r] . b[c0 + j] in the dtype, d in order: the rows of a and b
         staged through shared memory DK widths at a time (coalesced loads), thread tid
@@ -1088,7 +1095,6 @@ def _build_pair_tiles(dt):
         As = cuda.shared.array((TR, DK), dt)
         Bs = cuda.shared.array((TC, DK + 1), dt)     # padded: no bank conflicts
         acc = cuda.local.array(EPT, dt)
-        tid = cuda.threadIdx.x
         D = a.shape[1]
         for k in range(EPT):
             acc[k] = 0.0
@@ -1098,9 +1104,7 @@ def _build_pair_tiles(dt):
             stage(Bs, b, c0, nc, d0, dk, TC)
             cuda.syncthreads()
             for k in range(EPT):
-                e = tid + k * threads
-                r = e // TC
-                j = e - r * TC
+                r, j = owned_entry(k)
                 if r < nr and j < nc:
                     g = acc[k]
                     for q in range(dk):
@@ -1108,9 +1112,7 @@ def _build_pair_tiles(dt):
                     acc[k] = g
             cuda.syncthreads()
         for k in range(EPT):
-            e = tid + k * threads
-            r = e // TC
-            j = e - r * TC
+            r, j = owned_entry(k)
             if r < nr and j < nc:
                 G[r, j] = acc[k]
 
