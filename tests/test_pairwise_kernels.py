@@ -596,6 +596,21 @@ def test_pair_hardest_ties_take_the_smallest_index(be):
 
 
 # --- row kernels ------------------------------------------------------------------------------
+def check_row_kernel(be, name, args, gain, want, want_grads, dtype):
+    """A row kernel's float64 per-row losses and its gradients (the inputs' shape and
+    dtype) against the spec; without gradients, no gradients and the same losses."""
+    loss, grads = be.call(name, *args, True, gain)
+    assert loss.dtype == F64 and loss.shape == want.shape
+    close(loss, want, dtype, scale=10.0)
+    for g, w in zip(grads, want_grads):
+        g = to_host(g)
+        assert g.dtype == dtype and g.shape == w.shape
+        close(g, w, dtype, scale=10.0)
+    loss2, none = be.call(name, *args, False, gain)
+    assert none is None
+    np.testing.assert_array_equal(loss2, loss)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_triplet_rows(be, dtype):
     rng = np.random.default_rng(12)
@@ -607,18 +622,9 @@ def test_triplet_rows(be, dtype):
         [(2.0, False), (2.0, True), (1.0, False), (1.0, True), (3.0, True), (0.5, False)]
     for pw, swap in cases:
         args = (be.put(a), be.put(p), be.put(ng), 0.8, pw, 1e-6, swap)
-        loss, grads = be.call("triplet_rows", *args, True, 0.5)
         want, want_grads = spec_triplet(a, p, ng, 0.8, pw, 1e-6, swap, 0.5)
-        assert loss.dtype == F64 and loss.shape == (n,)
         assert 0 < (want > 0).sum() < n        # active and inactive rows
-        close(loss, want, dtype, scale=10.0)
-        for g, w in zip(grads, want_grads):
-            g = to_host(g)
-            assert g.dtype == dtype and g.shape == a.shape
-            close(g, w, dtype, scale=10.0)
-        loss2, none = be.call("triplet_rows", *args, False, 0.5)
-        assert none is None
-        np.testing.assert_array_equal(loss2, loss)
+        check_row_kernel(be, "triplet_rows", args, 0.5, want, want_grads, dtype)
 
 
 def test_triplet_rows_kinks(be):
@@ -660,17 +666,8 @@ def test_info_nce_paired(be, dtype):
         q, k = rows(rng, n, D, dtype, "cosine"), rows(rng, n, D, dtype, "cosine")
         neg = rows(rng, n * M, D, dtype, "cosine").reshape(n, M, D)
         args = (be.put(q), be.put(k), be.put(neg), scale)
-        loss, grads = be.call("info_nce_paired", *args, True, 0.25)
         want, want_grads = spec_info_nce(q, k, neg, scale, 0.25)
-        assert loss.dtype == F64 and loss.shape == (n,)
-        close(loss, want, dtype, scale=10.0)
-        for g, w in zip(grads, want_grads):
-            g = to_host(g)
-            assert g.dtype == dtype and g.shape == w.shape
-            close(g, w, dtype, scale=10.0)
-        loss2, none = be.call("info_nce_paired", *args, False, 0.25)
-        assert none is None
-        np.testing.assert_array_equal(loss2, loss)
+        check_row_kernel(be, "info_nce_paired", args, 0.25, want, want_grads, dtype)
 
 
 # --- determinism ------------------------------------------------------------------------------
