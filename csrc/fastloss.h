@@ -59,6 +59,16 @@ typedef struct {
     double grad_scale;
     int want_total;         /* if not 0: total = sum of the row values, float64, deterministic */
     double total;
+    /* Labels checked in the same call (index targets): with check_labels, the
+     * labels are scanned first (on the threads, in blocks combined in order),
+     * and a bad one stops the call before anything is written. */
+    int check_labels;
+    int mean_by;            /* 0: as given; 1: the gradient and total are divided by
+                               weight_sum, 2: by count (0 -> nan, as PyTorch's 0/0) */
+    int64_t bad;            /* result with check_labels: the first row whose label is
+                               outside [0, classes) and not ignore_index, or -1 */
+    int64_t count;          /* result with check_labels: the labels != ignore_index */
+    double weight_sum;      /* ... and the sum of weight[label] over them (count without weight) */
 } fl_row_args;
 
 int fl_row_count(void);

@@ -64,6 +64,8 @@ const char *fl_row_name(int loss) { return loss >= 0 && loss < RW_NLOSS ? row_na
 #define RW_SEG FL_UNIT   /* values per row segment */
 #define RW_ROW_SEGS 64  /* the fused loop keeps this many segment shifts (longer rows: split) */
 #define RW_TILE 1024      /* most positions per tile */
+#define RW_SHORT 64       /* softmax rows up to this long go through tiles (short_rows) */
+#define RW_SHORT_VALUES 4096   /* values in one such tile */
 enum { RW_NEED_NONE, RW_NEED_WX, RW_NEED_PROB };
 enum { RW_PHASE_ROWS, RW_PHASE_TILES, RW_PHASE_SPLIT_STATS, RW_PHASE_SPLIT_FINISH, RW_PHASE_SPLIT_GRAD };
 
@@ -85,8 +87,10 @@ typedef struct {
     const void *wt;          /* the class weights in the dtype, or NULL */
     const double *wd;        /* the class weights in float64 (ones without a weight) */
     double W;                /* their sum */
+    double gs;               /* the gradient's scale: grad_scale, divided by the mean's divisor */
     double keep, add;        /* probability targets: t' = keep t + add */
     int64_t rows_per_unit;   /* RW_PHASE_ROWS */
+    int64_t short_block;     /* RW_PHASE_ROWS of short rows: rows per tile (short_rows), or 0 */
     int64_t tile, tiles;     /* RW_PHASE_TILES: positions per tile, tiles per sample */
     int64_t nseg;            /* split phases: segments per row */
     double *partials;        /* per unit */
@@ -164,169 +168,77 @@ static const fl_unit_fn unit_fns[2][FL_NISA] = {
 static const fl_unit_fn unit_fns[2][FL_NISA] = {{unit_f32_base}, {unit_f64_base}};
 #endif
 
-/* ---- the driver ------------------------------------------------------------------ */
+/* ---- per-thread scratch --------------------------------------------------------
+ * The calling thread's buffers grow as calls need and are kept: a call of a size
+ * seen before on this thread allocates nothing.  (Workers only read and write
+ * the caller's buffers through the job.) */
+enum { RW_SCRATCH_WT, RW_SCRATCH_ONES, RW_SCRATCH_PARTIALS, RW_SCRATCH_SCAN, RW_SCRATCH_SEGS,
+       RW_SCRATCH_COEFS, RW_NSCRATCH };
 
-/* Long rows, few of them: the segments' statistics on the threads, then per
- * row the fold and the finish, then the gradients. */
-static int rw_split(rw_job *J, fl_unit_fn fn, int nthreads)
+static void *rw_scratch(int slot, size_t bytes)
 {
-    const fl_row_args *A = J->A;
-    const int64_t R = A->n, units = R * J->nseg;
-    J->segs = malloc((size_t)units * sizeof(rw_seg));
-    J->coefs = malloc((size_t)R * sizeof(rw_coef));
-    if (!J->segs || !J->coefs) {
-        free(J->segs), free(J->coefs);
-        return -2;
+    static __thread void *buf[RW_NSCRATCH];
+    static __thread size_t cap[RW_NSCRATCH];
+    if (bytes > cap[slot]) {
+        void *p = realloc(buf[slot], bytes);
+        if (!p)
+            return NULL;
+        buf[slot] = p;
+        cap[slot] = bytes;
     }
-    J->phase = RW_PHASE_SPLIT_STATS;
-    fl_parallel_for(fn, J, units, nthreads);
-    J->phase = RW_PHASE_SPLIT_FINISH;
-    fl_parallel_for(fn, J, R, nthreads);
-    double total = 0.0;
-    for (int64_t r = 0; r < R; r++)
-        total += J->coefs[r].value; /* one row per unit, as in the fused loop for rows this long */
-    if (A->grad) {
-        J->phase = RW_PHASE_SPLIT_GRAD;
-        fl_parallel_for(fn, J, units, nthreads);
-    }
-    ((fl_row_args *)A)->total = total;
-    free(J->segs), free(J->coefs);
-    return 0;
-}
-
-int fl_rowwise(int loss, int dtype, fl_row_args *A)
-{
-    if (!A || loss < 0 || loss >= RW_NLOSS || (dtype != 0 && dtype != 1) || A->label_type < 0 ||
-        A->label_type > 2 || A->classes < 1)
-        return -1;
-    A->total = 0.0;
-    const int64_t C = A->classes, S = A->inner, R = A->n * S;
-    if (R <= 0 || !(A->out || A->grad || A->want_total))
-        return 0;
-    if ((loss == RW_LOSS(multi_margin) || loss == RW_LOSS(crammer_singer)) && S != 1)
-        return -1;
-    rw_job J = {0};
-    J.A = A;
-    J.loss = loss;
-    J.need = loss == RW_LOSS(cross_entropy_prob)                      ? RW_NEED_PROB
-             : loss == RW_LOSS(cross_entropy) && A->smoothing != 0.0 ? RW_NEED_WX
-                                                                     : RW_NEED_NONE;
-    J.keep = 1.0 - A->smoothing;
-    J.add = A->smoothing / (double)C;
-    void *wt = NULL;
-    if (A->weight) {
-        const size_t size = dtype == 0 ? sizeof(float) : sizeof(double);
-        wt = malloc((size_t)C * size);
-        if (!wt)
-            return -2;
-        for (int64_t c = 0; c < C; c++) {
-            J.W += A->weight[c];
-            if (dtype == 0)
-                ((float *)wt)[c] = (float)A->weight[c];
-            else
-                ((double *)wt)[c] = A->weight[c];
-        }
-    } else {
-        J.W = (double)C;
-    }
-    J.wt = wt;
-    double *ones = NULL;
-    if (!A->weight) {
-        ones = malloc((size_t)C * sizeof(double));
-        if (!ones) {
-            free(wt);
-            return -2;
-        }
-        for (int64_t c = 0; c < C; c++)
-            ones[c] = 1.0;
-    }
-    J.wd = A->weight ? A->weight : ones;
-    const fl_unit_fn fn = unit_fns[dtype][fl_isa_now()];
-    /* threads by the work: nll's value reads one element per row */
-    const int nthreads = fl_threads_for(loss == RW_LOSS(nll) && !A->grad ? R : R * C);
-    const int softmax = loss == RW_LOSS(cross_entropy) || loss == RW_LOSS(cross_entropy_prob) ||
-                        loss == RW_LOSS(softmax_focal);
-    int rc = 0;
-    int64_t units;
-    if (S == 1) {
-        J.nseg = (C + RW_SEG - 1) / RW_SEG;
-        if (softmax && ((J.nseg >= 4 && R < 4 * (int64_t)nthreads && nthreads > 1) ||
-                        J.nseg > RW_ROW_SEGS)) {
-            rc = rw_split(&J, fn, nthreads);
-            free(wt), free(ones);
-            return rc;
-        }
-        J.phase = RW_PHASE_ROWS;
-        J.rows_per_unit = C >= FL_UNIT ? 1 : FL_UNIT / C;
-        units = (R + J.rows_per_unit - 1) / J.rows_per_unit;
-    } else {
-        /* a tile's C x B values stay in L2 between its passes */
-        int64_t b = ((int64_t)1 << 18) / C / 16 * 16;
-        b = b < 16 ? 16 : b > RW_TILE ? RW_TILE : b;
-        J.tile = b < S ? b : S;
-        J.tiles = (S + J.tile - 1) / J.tile;
-        J.phase = RW_PHASE_TILES;
-        units = A->n * J.tiles;
-    }
-    double small[64];
-    J.partials = units <= 64 ? small : malloc((size_t)units * sizeof(double));
-    if (!J.partials) {
-        free(wt), free(ones);
-        return -2;
-    }
-    fl_parallel_for(fn, &J, units, nthreads);
-    double total = 0.0;
-    for (int64_t u = 0; u < units; u++)
-        total += J.partials[u];
-    A->total = total;
-    if (J.partials != small)
-        free(J.partials);
-    free(wt), free(ones);
-    return rc;
+    return buf[slot];
 }
 
 /* ---- label check ---------------------------------------------------------------------
- * Blocks of labels are first checked and counted with branch-free loops that
- * vectorise; only a block with a bad label is searched element by element,
- * and the weight sum (a gather) runs element by element. */
+ * Labels are checked in blocks: each block is checked and counted with
+ * branch-free loops that vectorise; only a block with a bad label is searched
+ * element by element, and the weight sum (a gather) runs element by element.
+ * Blocks are combined in order, so any thread count gives the same bits. */
 #define SCAN_BLOCK 4096
+
+typedef struct {
+    int64_t bad;     /* first bad row of the block, or -1 */
+    int64_t count;
+    double wsum;
+} rw_scan;
+
 /* IT: the integer type the checks run in (int32 where the label type fits:
  * twice the lanes of int64) */
 #define SCAN(TY, IT, IG, CL)                                                          \
     {                                                                                 \
-        const TY *v = labels;                                                         \
+        const TY *b = (const TY *)labels + r0;                                        \
         const IT ig = (IT)(IG), cl = (IT)(CL);                                        \
-        for (int64_t r0 = 0; r0 < n; r0 += SCAN_BLOCK) {                              \
-            const int m = n - r0 < SCAN_BLOCK ? (int)(n - r0) : SCAN_BLOCK;           \
-            const TY *b = v + r0;                                                     \
-            IT bad = 0, valid = 0;                                                    \
-            for (int r = 0; r < m; r++) {                                             \
-                const IT y = (IT)b[r];                                                \
-                const IT keep = y != ig;                                              \
-                bad |= keep & (y < 0 || y >= cl);                                     \
-                valid += keep;                                                        \
-            }                                                                         \
-            if (bad)                                                                  \
-                for (int64_t r = r0; r < r0 + m; r++) {                               \
-                    const int64_t y = (int64_t)v[r];                                  \
-                    if (y != ignore_index && (y < 0 || y >= classes))                 \
-                        return r;                                                     \
-                }                                                                     \
-            cnt += valid;                                                             \
-            if (weight)                                                               \
-                for (int64_t r = r0; r < r0 + m; r++) {                               \
-                    const int64_t y = (int64_t)v[r];                                  \
-                    ws += y != ignore_index ? weight[y] : 0.0;                        \
-                }                                                                     \
+        IT bad = 0, valid = 0;                                                        \
+        for (int r = 0; r < m; r++) {                                                 \
+            const IT y = (IT)b[r];                                                    \
+            const IT keep = y != ig;                                                  \
+            bad |= keep & (y < 0 || y >= cl);                                         \
+            valid += keep;                                                            \
         }                                                                             \
+        if (bad)                                                                      \
+            for (int r = 0; r < m; r++) {                                             \
+                const int64_t y = (int64_t)b[r];                                      \
+                if (y != ignore_index && (y < 0 || y >= classes)) {                   \
+                    out->bad = r0 + r;                                                \
+                    return;                                                           \
+                }                                                                     \
+            }                                                                         \
+        out->count = valid;                                                           \
+        if (weight)                                                                   \
+            for (int r = 0; r < m; r++) {                                             \
+                const int64_t y = (int64_t)b[r];                                      \
+                ws += y != ignore_index ? weight[y] : 0.0;                            \
+            }                                                                         \
     }
 
-int64_t fl_scan_labels(int label_type, const void *labels, int64_t n, int64_t classes,
-                       int64_t ignore_index, const double *weight, double *weight_sum,
-                       int64_t *count)
+/* labels [r0, r0 + m) */
+static void rw_scan_block(int label_type, const void *labels, int64_t r0, int m,
+                          int64_t classes, int64_t ignore_index, const double *weight,
+                          rw_scan *out)
 {
-    int64_t cnt = 0;
     double ws = 0.0;
+    out->bad = -1;
+    out->count = 0;
     /* int32 checks where they are exact: int32 labels with an ignore_index in
      * int32 range, and uint8 labels (whose ignore_index, if outside 0..255,
      * can match nothing: -1 stands for it); classes clamp to INT32_MAX */
@@ -340,15 +252,204 @@ int64_t fl_scan_labels(int label_type, const void *labels, int64_t n, int64_t cl
             SCAN(int32_t, int64_t, ignore_index, classes)
         break;
     case 1: SCAN(int64_t, int64_t, ignore_index, classes) break;
-    case 2:
+    default:
         if (ig_fits)
             SCAN(uint8_t, int32_t, ignore_index, cl32)
         else
             SCAN(uint8_t, int32_t, -1, cl32)   /* no uint8 label is -1 */
         break;
-    default: return -2;
     }
-    *count = cnt;
-    *weight_sum = weight ? ws : (double)cnt;
-    return -1;
+    out->wsum = weight ? ws : (double)out->count;
+}
+
+typedef struct {
+    int label_type;
+    const void *labels;
+    int64_t n, classes, ignore_index;
+    const double *weight;
+    rw_scan *blocks;
+} rw_scan_job;
+
+static void rw_scan_unit(void *ctx, int64_t u)
+{
+    const rw_scan_job *S = ctx;
+    const int64_t r0 = u * SCAN_BLOCK;
+    const int m = S->n - r0 < SCAN_BLOCK ? (int)(S->n - r0) : SCAN_BLOCK;
+    rw_scan_block(S->label_type, S->labels, r0, m, S->classes, S->ignore_index, S->weight,
+                  &S->blocks[u]);
+}
+
+/* the blocks on the threads, combined in order; returns 0, or -2 out of memory */
+static int rw_scan_all(int label_type, const void *labels, int64_t n, int64_t classes,
+                       int64_t ignore_index, const double *weight, int nthreads, rw_scan *total)
+{
+    const int64_t units = (n + SCAN_BLOCK - 1) / SCAN_BLOCK;
+    rw_scan small[4];
+    rw_scan_job S = {label_type, labels, n, classes, ignore_index, weight, small};
+    if (units > 4 && !(S.blocks = rw_scratch(RW_SCRATCH_SCAN, (size_t)units * sizeof(rw_scan))))
+        return -2;
+    fl_parallel_for(rw_scan_unit, &S, units, units > 1 ? nthreads : 1);
+    total->bad = -1;
+    total->count = 0;
+    total->wsum = 0.0;
+    for (int64_t u = 0; u < units; u++) {
+        if (S.blocks[u].bad >= 0) {
+            total->bad = S.blocks[u].bad;
+            return 0;
+        }
+        total->count += S.blocks[u].count;
+        total->wsum += S.blocks[u].wsum;
+    }
+    return 0;
+}
+
+int64_t fl_scan_labels(int label_type, const void *labels, int64_t n, int64_t classes,
+                       int64_t ignore_index, const double *weight, double *weight_sum,
+                       int64_t *count)
+{
+    if (label_type < 0 || label_type > 2)
+        return -2;
+    rw_scan total;
+    if (rw_scan_all(label_type, labels, n, classes, ignore_index, weight,
+                    fl_threads_for(n), &total))
+        return -3;
+    *count = total.count;
+    *weight_sum = total.wsum;
+    return total.bad;
+}
+
+/* ---- the driver ------------------------------------------------------------------ */
+
+/* Long rows, few of them: the segments' statistics on the threads, then per
+ * row the fold and the finish, then the gradients. */
+static int rw_split(rw_job *J, fl_unit_fn fn, int nthreads)
+{
+    const fl_row_args *A = J->A;
+    const int64_t R = A->n, units = R * J->nseg;
+    J->segs = rw_scratch(RW_SCRATCH_SEGS, (size_t)units * sizeof(rw_seg));
+    J->coefs = rw_scratch(RW_SCRATCH_COEFS, (size_t)R * sizeof(rw_coef));
+    if (!J->segs || !J->coefs)
+        return -2;
+    J->phase = RW_PHASE_SPLIT_STATS;
+    fl_parallel_for(fn, J, units, nthreads);
+    J->phase = RW_PHASE_SPLIT_FINISH;
+    fl_parallel_for(fn, J, R, nthreads);
+    double total = 0.0;
+    for (int64_t r = 0; r < R; r++)
+        total += J->coefs[r].value; /* one row per unit, as in the fused loop for rows this long */
+    if (A->grad) {
+        J->phase = RW_PHASE_SPLIT_GRAD;
+        fl_parallel_for(fn, J, units, nthreads);
+    }
+    ((fl_row_args *)A)->total = total;
+    return 0;
+}
+
+int fl_rowwise(int loss, int dtype, fl_row_args *A)
+{
+    if (!A || loss < 0 || loss >= RW_NLOSS || (dtype != 0 && dtype != 1) || A->label_type < 0 ||
+        A->label_type > 2 || A->classes < 1 || A->mean_by < 0 || A->mean_by > 2)
+        return -1;
+    A->total = 0.0;
+    A->bad = -1;
+    const int64_t C = A->classes, S = A->inner, R = A->n * S;
+    if ((loss == RW_LOSS(multi_margin) || loss == RW_LOSS(crammer_singer)) && S != 1)
+        return -1;
+    /* threads by the work: nll's value reads one element per row */
+    const int nthreads = fl_threads_for(loss == RW_LOSS(nll) && !A->grad ? R : R * C);
+    rw_job J = {0};
+    J.gs = A->grad_scale;
+    double scale = 1.0;    /* the mean's 1 / divisor */
+    if (A->check_labels && loss != RW_LOSS(cross_entropy_prob)) {
+        rw_scan found;
+        if (rw_scan_all(A->label_type, A->target, R, C, A->ignore_index, A->weight,
+                        fl_threads_for(R), &found))
+            return -2;
+        A->bad = found.bad;
+        if (found.bad >= 0)
+            return 0;
+        A->count = found.count;
+        A->weight_sum = found.wsum;
+    } else {
+        A->count = R;
+        A->weight_sum = (double)R;
+    }
+    if (A->mean_by) {
+        const double d = A->mean_by == 1 ? A->weight_sum : (double)A->count;
+        scale = d != 0.0 ? 1.0 / d : NAN;
+        J.gs *= scale;
+    }
+    if (R <= 0 || !(A->out || A->grad || A->want_total)) {
+        A->total = 0.0 * scale;   /* an empty mean is 0/0: nan */
+        return 0;
+    }
+    J.A = A;
+    J.loss = loss;
+    J.need = loss == RW_LOSS(cross_entropy_prob)                      ? RW_NEED_PROB
+             : loss == RW_LOSS(cross_entropy) && A->smoothing != 0.0 ? RW_NEED_WX
+                                                                     : RW_NEED_NONE;
+    J.keep = 1.0 - A->smoothing;
+    J.add = A->smoothing / (double)C;
+    const size_t size = dtype == 0 ? sizeof(float) : sizeof(double);
+    if (A->weight) {
+        void *wt = rw_scratch(RW_SCRATCH_WT, (size_t)C * size);
+        if (!wt)
+            return -2;
+        for (int64_t c = 0; c < C; c++) {
+            J.W += A->weight[c];
+            if (dtype == 0)
+                ((float *)wt)[c] = (float)A->weight[c];
+            else
+                ((double *)wt)[c] = A->weight[c];
+        }
+        J.wt = wt;
+        J.wd = A->weight;
+    } else {
+        double *ones = rw_scratch(RW_SCRATCH_ONES, (size_t)C * sizeof(double));
+        if (!ones)
+            return -2;
+        for (int64_t c = 0; c < C; c++)
+            ones[c] = 1.0;
+        J.W = (double)C;
+        J.wd = ones;
+    }
+    const fl_unit_fn fn = unit_fns[dtype][fl_isa_now()];
+    const int softmax = loss == RW_LOSS(cross_entropy) || loss == RW_LOSS(cross_entropy_prob) ||
+                        loss == RW_LOSS(softmax_focal);
+    int rc = 0;
+    int64_t units;
+    if (S == 1) {
+        J.nseg = (C + RW_SEG - 1) / RW_SEG;
+        if (softmax && ((J.nseg >= 4 && R < 4 * (int64_t)nthreads && nthreads > 1) ||
+                        J.nseg > RW_ROW_SEGS)) {
+            rc = rw_split(&J, fn, nthreads);
+            A->total *= scale;
+            return rc;
+        }
+        J.phase = RW_PHASE_ROWS;
+        J.rows_per_unit = C >= FL_UNIT ? 1 : FL_UNIT / C;
+        if (C <= RW_SHORT && (loss == RW_LOSS(cross_entropy) || loss == RW_LOSS(softmax_focal))) {
+            const int64_t b = RW_SHORT_VALUES / C;
+            J.short_block = b < RW_TILE ? b : RW_TILE;
+        }
+        units = (R + J.rows_per_unit - 1) / J.rows_per_unit;
+    } else {
+        /* a tile's C x B values stay in L2 between its passes */
+        int64_t b = ((int64_t)1 << 18) / C / 16 * 16;
+        b = b < 16 ? 16 : b > RW_TILE ? RW_TILE : b;
+        J.tile = b < S ? b : S;
+        J.tiles = (S + J.tile - 1) / J.tile;
+        J.phase = RW_PHASE_TILES;
+        units = A->n * J.tiles;
+    }
+    double small[64];
+    J.partials = units <= 64 ? small : rw_scratch(RW_SCRATCH_PARTIALS, (size_t)units * sizeof(double));
+    if (!J.partials)
+        return -2;
+    fl_parallel_for(fn, &J, units, nthreads);
+    double total = 0.0;
+    for (int64_t u = 0; u < units; u++)
+        total += J.partials[u];
+    A->total = total * scale;
+    return rc;
 }

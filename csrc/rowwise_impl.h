@@ -24,7 +24,7 @@ FL_ATTR FL_INLINE rw_coef RW(finish_ce)(const rw_job *J, double shift, double su
                                          double logsum, double s1, double xy, double wy)
 {
     const fl_row_args *A = J->A;
-    const double gs = A->grad_scale, C = (double)A->classes, z = A->z_loss;
+    const double gs = J->gs, C = (double)A->classes, z = A->z_loss;
     const double e = A->smoothing, lse = shift + logsum;
     rw_coef k = {0};
     k.shift = shift;
@@ -41,7 +41,7 @@ FL_ATTR FL_INLINE rw_coef RW(finish_prob)(const rw_job *J, double shift, double 
                                            double logsum, double s1, double s2)
 {
     const fl_row_args *A = J->A;
-    const double gs = A->grad_scale, z = A->z_loss, lse = shift + logsum;
+    const double gs = J->gs, z = A->z_loss, lse = shift + logsum;
     rw_coef k = {0};
     k.shift = shift;
     k.value = s2 * lse - s1 + z * lse * lse;
@@ -54,7 +54,7 @@ FL_ATTR FL_INLINE rw_coef RW(finish_focal)(const rw_job *J, double shift, double
                                             double logsum, double xy, double a)
 {
     const fl_row_args *A = J->A;
-    const double gs = A->grad_scale, gamma = A->p1, L = (xy - shift) - logsum;
+    const double gs = J->gs, gamma = A->p1, L = (xy - shift) - logsum;
     const double py = F64(exp)(L), u = -F64(expm1)(L);
     const double ug = RW(upow)(u, gamma);
     const double r = u > 0.0 ? L / u : -1.0;
@@ -276,11 +276,11 @@ FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
     case RW_LOSS(nll):
         if (g) {
             memset(g, 0, (size_t)C * sizeof(T));
-            g[y] = (T)(-A->grad_scale * wy);
+            g[y] = (T)(-J->gs * wy);
         }
         return -wy * (double)x[y];
     case RW_LOSS(multi_margin): {
-        const T gc = (T)(A->grad_scale * wy / (double)C);
+        const T gc = (T)(J->gs * wy / (double)C);
         value = RW(margin_row)(x, C, y, (T)A->p0, A->p1 == 2.0, gc, g);
         return wy * value / (double)C;
     }
@@ -300,8 +300,8 @@ FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
                 int64_t k = 0;
                 while (k == y || x[k] != m)
                     k++;
-                g[k] = (T)A->grad_scale;
-                g[y] = (T)(-A->grad_scale);
+                g[k] = (T)J->gs;
+                g[y] = (T)(-J->gs);
             }
         }
         return h > 0 ? h : (h == h ? 0.0 : h);
@@ -329,22 +329,21 @@ FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
 
 /* ---- strided class axis (S > 1): tiles of B positions of one sample ---------- */
 
-/* One tile: sample i, positions [s0, s0 + B), B <= RW_TILE.  Loops over the
+/* One tile of B <= RW_TILE rows, r0 the first (the rows' labels and values):
+ * element (c, j) at x[c S + j], likewise g and tgt.  Loops over the
  * classes outside, over the tile's positions inside (contiguous, vectorised):
  * pass 1 the max per position (the read from memory), pass 2 the sums of
  * exps (and the exps themselves, kept in the gradient output when there is
  * one), the rows' values, pass 3 the gradient from the kept exps.  The tile
  * is sized to stay in L2 between passes.  Returns the sum of its row values,
  * in position order. */
-FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
+FL_ATTR static double RW(tile_at)(const rw_job *J, const T *restrict x, T *restrict g,
+                                  const T *restrict tgt, int64_t S, int64_t r0, int B)
 {
     const fl_row_args *A = J->A;
-    const int64_t C = A->classes, S = A->inner;
-    const T *x = (const T *)A->input + i * C * S + s0;
-    T *g = A->grad ? (T *)A->grad + i * C * S + s0 : NULL;
+    const int64_t C = A->classes;
     const int loss = J->loss;
     const int prob = loss == RW_LOSS(cross_entropy_prob);
-    const T *tgt = prob ? (const T *)A->target + i * C * S + s0 : NULL;
     const T *wt = J->wt;
     int32_t lab[RW_TILE]; /* the label, -1 if ignored (0 for probability targets) */
     T mx[RW_TILE], xy[RW_TILE], a1[RW_TILE], b[RW_TILE], dv[RW_TILE];
@@ -356,7 +355,7 @@ FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
     if (prob)
         memset(lab, 0, (size_t)B * sizeof lab[0]);
     else
-        rw_labels_int32(A, i * S + s0, B, lab);
+        rw_labels_int32(A, r0, B, lab);
     if (loss == RW_LOSS(nll)) {
         for (int64_t c = 0; c < C; c++)
             for (int j = 0; j < B; j++)
@@ -365,9 +364,9 @@ FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
             const int ok = lab[j] >= 0;
             const double wy = ok && A->weight ? A->weight[lab[j]] : 1.0;
             const double v = ok ? -wy * (double)xy[j] : 0.0;
-            b[j] = ok ? (T)(-A->grad_scale * wy) : (T)0;
+            b[j] = ok ? (T)(-J->gs * wy) : (T)0;
             if (A->out)
-                ((T *)A->out)[i * S + s0 + j] = (T)v;
+                ((T *)A->out)[r0 + j] = (T)v;
             total += v;
         }
         if (g)
@@ -447,7 +446,7 @@ FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
 #undef RW_FINISH_LOOP
     if (A->out)
         for (int j = 0; j < B; j++)
-            ((T *)A->out)[i * S + s0 + j] = (T)vals[j];
+            ((T *)A->out)[r0 + j] = (T)vals[j];
     double acc[FL_LANES] = {0};
     fl_lanes_add_f64(acc, vals, B);
     total = fl_lanes_fold(acc);
@@ -471,6 +470,39 @@ FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
     return total;
 }
 
+/* Tile (i, s0) of a strided class axis: positions [s0, s0 + B) of sample i. */
+FL_ATTR static double RW(tile)(const rw_job *J, int64_t i, int64_t s0, int B)
+{
+    const fl_row_args *A = J->A;
+    const int64_t C = A->classes, S = A->inner, off = i * C * S + s0;
+    const T *tgt = J->loss == RW_LOSS(cross_entropy_prob) ? (const T *)A->target + off : NULL;
+    return RW(tile_at)(J, (const T *)A->input + off, A->grad ? (T *)A->grad + off : NULL, tgt,
+                       S, i * S + s0, B);
+}
+
+/* B short contiguous rows [r0, r0 + B) of cross_entropy or softmax_focal
+ * (C B <= RW_SHORT_VALUES), transposed into a tile so that the tile's loops run
+ * across the rows: per row, the lane sums of seg_stats would cost more than
+ * its few classes. */
+FL_ATTR static double RW(short_rows)(const rw_job *J, int64_t r0, int B)
+{
+    const fl_row_args *A = J->A;
+    const int64_t C = A->classes;
+    T xt[RW_SHORT_VALUES], gt[RW_SHORT_VALUES];
+    const T *x = (const T *)A->input + r0 * C;
+    for (int j = 0; j < B; j++)
+        for (int64_t c = 0; c < C; c++)
+            xt[c * B + j] = x[j * C + c];
+    const double total = RW(tile_at)(J, xt, A->grad ? gt : NULL, NULL, B, r0, B);
+    if (A->grad) {
+        T *g = (T *)A->grad + r0 * C;
+        for (int j = 0; j < B; j++)
+            for (int64_t c = 0; c < C; c++)
+                g[j * C + c] = gt[c * B + j];
+    }
+    return total;
+}
+
 /* ---- the unit of work, whatever thread runs it --------------------------------- */
 FL_ATTR static void RW(unit)(void *ctx, int64_t u)
 {
@@ -482,6 +514,35 @@ FL_ATTR static void RW(unit)(void *ctx, int64_t u)
         const int64_t R = A->n, lo = u * J->rows_per_unit;
         const int64_t hi = lo + J->rows_per_unit < R ? lo + J->rows_per_unit : R;
         double s = 0.0;
+        if (J->loss == RW_LOSS(nll)) {   /* a gather: a tight loop keeps many loads in flight */
+            const T *x = (const T *)A->input;
+            T *out = (T *)A->out, *g = (T *)A->grad;
+            double lane[4] = {0.0, 0.0, 0.0, 0.0};   /* 4 sums: no serial chain of adds */
+            for (int64_t r = lo; r < hi; r++) {
+                const int64_t y = rw_label(A, r);
+                const int ok = y != A->ignore_index;
+                const double wy = ok && A->weight ? A->weight[y] : 1.0;
+                const double v = ok ? -wy * (double)x[r * C + y] : 0.0;
+                if (g) {
+                    memset(g + r * C, 0, (size_t)C * sizeof(T));
+                    if (ok)
+                        g[r * C + y] = (T)(-J->gs * wy);
+                }
+                if (out)
+                    out[r] = (T)v;
+                lane[(r - lo) & 3] += v;
+            }
+            J->partials[u] = (lane[0] + lane[1]) + (lane[2] + lane[3]);
+            break;
+        }
+        if (J->short_block) {   /* blocks of rows as tiles; each writes its own values */
+            for (int64_t r = lo; r < hi; r += J->short_block) {
+                const int64_t b = hi - r < J->short_block ? hi - r : J->short_block;
+                s += RW(short_rows)(J, r, (int)b);
+            }
+            J->partials[u] = s;
+            break;
+        }
         for (int64_t r = lo; r < hi; r++) {
             double v = RW(row)(J, r);
             if (A->out)

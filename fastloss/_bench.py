@@ -781,6 +781,8 @@ def cmd_bench(args) -> int:
                  modes)
     _bench_pairwise(args, [c for c in PAIRWISE_CASES.values() if c.name in chosen], dtype,
                     backends, modes)
+    if "torch" in backends:
+        _bench_small(args, dtype, chosen, modes)
     if others.share is not None and others.share > 0.25:
         print(f"warning: other processes used {others.share:.0%} of the CPUs meanwhile; "
               f"parallel code waits for descheduled threads, so these figures understate it")
@@ -900,6 +902,81 @@ def _bench_pairwise(args, cases, dtype, backends, modes):
           f"gradient; torch: the usual implementation, all-pairs matrices; numba only where "
           f"it has the kernels):")
     print(_table(["case", "size", "mode", "backend", "median ms", "vs torch"], rows))
+
+
+# --------------------------------------------------------------------------- small calls
+
+#: the sizes of a training step, per family: (case label, shape), each compared with
+#: its peer (torch, MONAI, pml) in one run.  Elementwise: n elements; multi-class and
+#: overlap: the input's shape; boxes: boxes; pairwise: N rows (D = 128).  Read by
+#: ``python -m fastloss bench`` (the "small calls" table) and bench/test_bench_small_calls.py.
+SMALL_CALLS: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
+    "elementwise": tuple((name, (n,)) for name in CASES for n in (100, 1000, 10_000)),
+    "multiclass": (
+        ("cross_entropy[llm]", (32, 10)), ("cross_entropy[llm]", (64, 10)),
+        ("cross_entropy[llm]", (256, 1000)), ("cross_entropy[smooth]", (256, 1000)),
+        ("cross_entropy[seg]", (2, 21, 32, 32)), ("nll_loss", (64, 10)),
+        ("nll_loss", (1000, 1000)), ("softmax_focal_loss[seg]", (2, 21, 32, 32)),
+        ("multi_margin_loss", (256, 100)), ("multiclass_hinge_loss", (256, 100))),
+    "overlap": tuple((label, (2, 2, 64, 64)) for label in OVERLAP_CASES),
+    "boxes": tuple((name, (256,)) for name in BOX_LOSS_NAMES),
+    "pairwise": tuple((label, (256 if PAIRWISE_CASES[label].name == "triplet_margin_loss"
+                               else 128,)) for label in PAIRWISE_CASES),
+}
+
+
+def small_call(family: str, label: str, shape: tuple[int, ...], backend: str, grad: bool,
+               dtype=np.float32) -> Callable[[], object]:
+    """The call of :data:`SMALL_CALLS` entry (label, shape) on ``backend`` (a fastloss
+    backend, or ``"torch"`` for the peer: torch, MONAI or pml's usual code)."""
+    if family == "elementwise":
+        x, y = make_inputs(label, shape, dtype, seed=0)
+        return make_call(label, backend, x, y, grad=grad)
+    if family in ("multiclass", "overlap"):
+        case = (MULTICLASS_CASES if family == "multiclass" else OVERLAP_CASES)[label]
+        x, y = make_multiclass_inputs(case, shape, dtype, seed=0)
+        return make_multiclass_call(case, backend, x, y, grad=grad)
+    if family == "boxes":
+        b1, b2 = make_boxes(shape[0], dtype)
+        return make_box_call(label, backend, b1, b2, grad=grad)
+    case = PAIRWISE_CASES[label]
+    arrays = make_pairwise_inputs(case, shape[0], 4 * shape[0] if case.name == "info_nce_loss"
+                                  else None, 128, dtype, seed=0)
+    return make_pairwise_call(case, backend, arrays, grad=grad)
+
+
+def _bench_small(args, dtype, chosen, modes):
+    """Fastloss's automatic backend against the peer at the sizes of a training step,
+    forward and value+grad, in the same run (median of at least 9 rounds)."""
+    if not torch_available():
+        print("\nsmall calls: skipped (torch, the peer, does not import)")
+        return
+    rows = []
+    repeats = max(9, args.repeats)
+    for family, entries in SMALL_CALLS.items():
+        for label, shape in entries:
+            name = label.split("[")[0]
+            if name not in chosen:
+                continue
+            if family == "overlap":
+                try:
+                    import monai  # noqa: F401
+                except ImportError:
+                    continue
+            for grad in modes:
+                times = {}
+                for backend in (None, "torch"):
+                    call = small_call(family, label, shape, backend, grad, dtype)
+                    call()
+                    times[backend] = median_time(call, repeats=repeats, warmup=1)
+                rows.append([family, label, "x".join(map(str, shape)), MODES[grad],
+                             f"{times[None] * 1e6:.1f}", f"{times['torch'] * 1e6:.1f}",
+                             _ratio(times["torch"], times[None])])
+    print(f"\nsmall calls, {dtype.name} (the sizes of a training step): fastloss's automatic "
+          f"backend against the peer (torch; MONAI for overlap; torch's usual code for the "
+          f"pairwise losses), median of {repeats}; 'vs peer' > 1x: fastloss is faster")
+    print(_table(["family", "case", "size", "mode", "fastloss us", "peer us", "vs peer"],
+                 rows))
 
 
 # --------------------------------------------------------------------------- check

@@ -24,20 +24,33 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ._dispatch import is_gpu_array
 from ._typing import F
 
 __all__ = ["same_type_as_input"]
 
 
+#: per array type: its library, "numpy" (anything on the host), "torch", "cupy" or
+#: "numba" (any other GPU array); decided once per type
+_LIBRARY_OF_TYPE: dict[type, str] = {np.ndarray: "numpy"}
+
+
 def _library(obj: object) -> str:
     """'numpy' (host), 'torch', 'cupy' or 'numba' (any other GPU array)."""
-    module = type(obj).__module__
-    if module.startswith("torch"):
-        return "torch"
-    if module.startswith("cupy"):
-        return "cupy"
-    from ._dispatch import is_gpu_array   # noqa: PLC0415 (cheap; avoids an import cycle)
-    return "numba" if is_gpu_array(obj) else "numpy"
+    cls = type(obj)
+    library = _LIBRARY_OF_TYPE.get(cls)
+    if library is None:
+        module = cls.__module__
+        if module.startswith("torch"):
+            library = "torch"
+        elif module.startswith("cupy"):
+            library = "cupy"
+        else:
+            library = "numba" if is_gpu_array(obj) else "numpy"
+            if library == "numpy" and not (module.startswith("numpy") or module == "builtins"):
+                return library    # an unknown type: the instance decides, every time
+        _LIBRARY_OF_TYPE[cls] = library
+    return library
 
 
 def _check_tensor(tensor: Any, name: str) -> None:
@@ -47,6 +60,23 @@ def _check_tensor(tensor: Any, name: str) -> None:
                         f"or pass {name}.detach()")
 
 
+def _numpy_view(value: Any) -> Any:
+    """A CPU tensor as the NumPy array sharing its memory; anything else as it is
+    (a tensor NumPy cannot view, such as bfloat16, too: the loss then names it in
+    its error)."""
+    if _library(value) != "torch":
+        return value
+    try:
+        return value.numpy()
+    except (TypeError, RuntimeError):
+        return value
+
+
+def _tensor_from_host(value: Any) -> Any:
+    import torch   # noqa: PLC0415 (only ever called with torch loaded)
+    return torch.from_numpy(np.asarray(value))
+
+
 def _converter(first: Any) -> Callable[[Any], Any]:
     """A function turning one result (NumPy or Numba device array) into ``first``'s type."""
     library = _library(first)
@@ -54,7 +84,7 @@ def _converter(first: Any) -> Callable[[Any], Any]:
         import torch   # noqa: PLC0415
         device = first.device
         if device.type == "cpu":
-            return lambda v: torch.from_numpy(np.asarray(v))
+            return _tensor_from_host
         return lambda v: torch.as_tensor(v, device=device)
     if library == "cupy":
         import cupy   # noqa: PLC0415
@@ -110,21 +140,24 @@ def _convert(result: Any, convert: Callable[[Any], Any]) -> Any:
 
 def same_type_as_input(fn: F) -> F:
     """Decorate a public loss: results come back as its first argument's array type."""
-    signature = inspect.signature(fn)
+    names = tuple(inspect.signature(fn).parameters)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if args and type(args[0]) is np.ndarray:     # the common case: nothing to convert
+        first = args[0] if args else kwargs.get(names[0])
+        if type(first) is np.ndarray:     # the common case: nothing to convert
             return fn(*args, **kwargs)
-        arguments = signature.bind_partial(*args, **kwargs).arguments
-        first = next(iter(arguments.values()), None)
         library = _library(first)
         if library == "numpy":
             return fn(*args, **kwargs)
         if library == "torch":
-            for name, value in arguments.items():
-                if type(value).__module__.startswith("torch"):
+            for name, value in (*zip(names, args), *kwargs.items()):
+                if _library(value) == "torch":
                     _check_tensor(value, name)
+            if not first.is_cuda:   # host tensors: zero-copy NumPy views, no stream to order
+                args = tuple(_numpy_view(v) for v in args)
+                kwargs = {k: _numpy_view(v) for k, v in kwargs.items()}
+                return _convert(fn(*args, **kwargs), _tensor_from_host)
         with _ordered_with_stream_of(first):
             result = fn(*args, **kwargs)
         return _convert(result, _converter(first))

@@ -49,15 +49,41 @@ class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run here."""
 
 
+#: per array type, where its arrays live: "host", "gpu", or "device" (a torch
+#: tensor: its own ``device`` says).  Decided once per type, so that the per-call
+#: probe raises nothing (a CPU tensor's ``__cuda_array_interface__`` raises).
+_PLACE_OF_TYPE: dict[type, str] = {}
+
+
+def _place_of_type(cls: type, obj: object) -> str | None:
+    """The place of ``cls``'s arrays, or None when it is the instance's to say
+    (an object carrying its own ``__cuda_array_interface__``)."""
+    module = cls.__module__
+    if module.startswith("torch") and hasattr(cls, "is_cuda"):
+        return "device"
+    if module.startswith("numba.cuda.simulator"):   # simulated device arrays lack the interface
+        return "gpu"
+    if hasattr(cls, "__cuda_array_interface__"):     # CuPy, Numba device arrays
+        return "gpu"
+    if module.startswith("numpy") or module == "builtins":
+        return "host"
+    return None
+
+
 def is_gpu_array(obj: object) -> bool:
-    """True for arrays that live on a GPU: anything with ``__cuda_array_interface__``,
+    """True for arrays that live on a GPU: anything with ``__cuda_array_interface__``
+    (a CUDA tensor too, even one that requires grad and so refuses to export it),
     and Numba's simulated device arrays (``NUMBA_ENABLE_CUDASIM=1``), which lack it."""
-    try:
-        if hasattr(obj, "__cuda_array_interface__"):
-            return True
-    except RuntimeError:    # a CUDA tensor that requires grad refuses to export it
-        return True
-    return type(obj).__module__.startswith("numba.cuda.simulator")
+    cls = type(obj)
+    place = _PLACE_OF_TYPE.get(cls)
+    if place is None:
+        place = _place_of_type(cls, obj)
+        if place is None:
+            return hasattr(obj, "__cuda_array_interface__")
+        _PLACE_OF_TYPE[cls] = place
+    if place == "device":
+        return bool(obj.is_cuda)  # type: ignore[attr-defined]
+    return place == "gpu"
 
 
 def _load(name: str):
@@ -125,6 +151,23 @@ def _environment_backend() -> str | None:
     return os.environ.decodevalue(value) or None if value is not None else None
 
 
+#: the automatic choice for host (False) and GPU (True) arrays, once made: which
+#: backends load does not change within a process
+_automatic: dict[bool, tuple[str, Any]] = {}
+
+
+def _choose_automatically(on_gpu: bool) -> tuple[str, Any]:
+    candidates = ("cuda",) if on_gpu else ("c", "numba", "numpy")
+    for name in candidates:
+        module = _load(name)
+        if module is not None:
+            _automatic[on_gpu] = name, module
+            return name, module
+    raise BackendUnavailable(
+        f"no backend can run these {'GPU' if on_gpu else 'host'} arrays: "
+        + "; ".join(f"{n}: {_why_not.get(n, '?')}" for n in candidates))
+
+
 def select(backend: str | None, on_gpu: bool) -> tuple[str, Any]:
     """(name, module) of the backend for one call whose arrays are on the GPU or not."""
     source = "backend"
@@ -133,14 +176,7 @@ def select(backend: str | None, on_gpu: bool) -> tuple[str, Any]:
     if backend is None:
         backend, source = _environment_backend(), "FASTLOSS_BACKEND"
     if backend is None:
-        candidates = ("cuda",) if on_gpu else ("c", "numba", "numpy")
-        for name in candidates:
-            module = _load(name)
-            if module is not None:
-                return name, module
-        raise BackendUnavailable(
-            f"no backend can run these {'GPU' if on_gpu else 'host'} arrays: "
-            + "; ".join(f"{n}: {_why_not.get(n, '?')}" for n in candidates))
+        return _automatic.get(on_gpu) or _choose_automatically(on_gpu)
     _check_name(backend, source)
     if on_gpu and backend not in GPU_BACKENDS:
         raise TypeError(f"the inputs are GPU arrays but {source}={backend!r} runs on the CPU "

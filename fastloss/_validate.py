@@ -14,7 +14,7 @@ from ._dispatch import is_gpu_array
 from ._typing import ArrayLike
 
 REDUCTIONS = ("mean", "sum", "none")
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})   # a set: `in` hashes
 
 
 class ArrayMeta:
@@ -117,6 +117,8 @@ def check_reduction(reduction: object) -> None:
 
 
 def check_real(value: object, name: str) -> float:
+    if type(value) is float and value == value:     # the common case, without the ABC checks
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {value!r} "
                         f"({type(value).__name__})")
@@ -127,6 +129,8 @@ def check_real(value: object, name: str) -> float:
 
 
 def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
+    if type(value) is float and (0.0 < value < math.inf or (allow_zero and value == 0.0)):
+        return value                                        # the common case
     value = check_real(value, name)
     if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
         bound = "≥ 0" if allow_zero else "> 0"

@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from ._registry import records
+
 __all__ = ["Case", "CASES", "make_inputs", "MulticlassCase", "MULTICLASS_CASES",
            "make_multiclass_inputs", "OVERLAP_CASES", "torchvision_box_loss",
            "BOX_LOSS_NAMES", "make_boxes"]
@@ -274,7 +276,7 @@ def make_multiclass_inputs(case: MulticlassCase | str, shape: Sequence[int] | No
 
 # ---- box losses: inputs and torchvision's formulas ----------------------------------------
 
-BOX_LOSS_NAMES = ("generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss")
+BOX_LOSS_NAMES = tuple(r.name for r in records("boxes"))   # from the registry
 
 
 def make_boxes(n: int, dtype: npt.DTypeLike = np.float32,

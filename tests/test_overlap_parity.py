@@ -15,8 +15,9 @@ import pytest
 import fastloss as fl
 
 from conftest import available, backend_param, compare_with_reference
+from fastloss._registry import records
 
-LOSSES = ("dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss")
+LOSSES = tuple(r.name for r in records("overlap"))
 ACTIVATIONS = ("softmax", "sigmoid", None)
 TARGETS = ("labels_u8", "labels_i64", "labels_n1", "mask_bool", "mask_u8", "mask_soft")
 SPATIAL = {"2d": (5, 7), "3d": (3, 4, 5)}

@@ -4,6 +4,7 @@ can run here) and one entry point per loop shape, e.g.
 :mod:`fastloss._dispatch`."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -71,10 +72,6 @@ class ElementwiseCall:
 #: converts host labels of other integer dtypes to int64, once per call
 LABEL_DTYPES = ("int32", "int64", "uint8")
 
-#: row-wise kernel names (see RowwiseCall)
-ROWWISE_KERNELS = ("cross_entropy", "cross_entropy_prob", "nll", "softmax_focal",
-                   "multi_margin", "crammer_singer")
-
 
 @dataclass(slots=True)
 class RowwiseCall:
@@ -97,7 +94,7 @@ class RowwiseCall:
     Ignored rows have value 0 and a zero gradient row.
     """
 
-    loss: str                 # one of ROWWISE_KERNELS
+    loss: str                 # a multi-class record's kernel (fastloss._registry)
     input: Any
     target: Any
     n: int                    # N
@@ -114,10 +111,75 @@ class RowwiseCall:
     want_grad: bool           # grad_scale * d(sum of row values)/d input, like input
     grad_scale: float
     total_scale: float        # value = total_scale * sum of row values
+    # With check_labels (index targets), the backend checks the labels itself
+    # before it writes anything: the first row with a label outside [0, C) that
+    # is not ignore_index goes to ``bad`` and the call returns (None, None, None).
+    # mean_by then divides both scales by the labels' weight sum (MEAN_BY_WEIGHT)
+    # or their count (MEAN_BY_COUNT), 0 giving nan (PyTorch's 0/0).
+    check_labels: bool = False
+    mean_by: int = 0
+    bad: int = -1             # result of the check
 
 
-#: activations the overlap kernels apply to the input, per voxel
-OVERLAP_ACTIVATIONS = ("none", "softmax", "sigmoid")
+#: RowwiseCall.mean_by: divide by nothing more, by sum(weight[label]), by the labels' count
+MEAN_BY_NONE, MEAN_BY_WEIGHT, MEAN_BY_COUNT = 0, 1, 2
+
+
+def elementwise_launcher(module, call: ElementwiseCall, dtype) -> Callable:
+    """``launch(input, target, weight, param, n) -> (value, out, grad)`` for calls
+    like ``call`` (its arrays aside, but for which of weight and param are given)
+    on ``module``, given C-contiguous arrays of n elements (read flat): the
+    module's own ``elementwise_launcher`` where it has one (the C backend
+    prepares its argument struct once), else a call of its ``elementwise`` on a
+    copy of ``call``."""
+    prepare = getattr(module, "elementwise_launcher", None)
+    if prepare is not None:
+        return prepare(call, dtype)
+
+    def launch(x, target, weight, param, n):
+        one = dataclasses.replace(
+            call, input=x.reshape(-1), target=target.reshape(-1),
+            weight=None if weight is None else weight.reshape(-1),
+            param=None if param is None else param.reshape(-1))
+        return module.elementwise(one)
+    return launch
+
+
+def rowwise_launcher(module, call: RowwiseCall, dtype) -> Callable:
+    """``launch(input, target, weight, alpha) -> (value, out, grad, bad)`` for calls
+    like ``call`` (its arrays aside) on ``module``, given C-contiguous arrays of any
+    number of dimensions (they are read flat): the module's own
+    ``rowwise_launcher`` where it has one (the C backend prepares its argument
+    struct once), else a call of its ``rowwise`` on a copy of ``call``."""
+    prepare = getattr(module, "rowwise_launcher", None)
+    if prepare is not None:
+        return prepare(call, dtype)
+
+    def launch(x, target, weight, alpha):
+        one = dataclasses.replace(call, input=x.reshape(-1), target=target.reshape(-1),
+                                  weight=weight, alpha=alpha)
+        value, out, grad = module.rowwise(one)
+        return value, out, grad, one.bad
+    return launch
+
+
+def labels_checked_first(call: RowwiseCall, scan_labels: Callable) -> bool:
+    """RowwiseCall.check_labels and mean_by for a backend whose row kernel does not
+    check labels itself: its ``scan_labels`` runs first.  False when a label is bad
+    (``call.bad`` says where): the caller then runs nothing."""
+    weight_sum = count = call.n * call.inner
+    if call.check_labels and call.loss != "cross_entropy_prob":
+        call.bad, weight_sum, count = scan_labels(call.target, call.classes,
+                                                  call.ignore_index, call.weight)
+        if call.bad >= 0:
+            return False
+    if call.mean_by != MEAN_BY_NONE:
+        divisor = weight_sum if call.mean_by == MEAN_BY_WEIGHT else count
+        scale = 1.0 / divisor if divisor != 0 else float("nan")
+        call.grad_scale *= scale
+        call.total_scale *= scale
+    return True
+
 
 
 @dataclass(slots=True)
@@ -158,15 +220,12 @@ class OverlapCall:
     n: int                    # N
     classes: int              # C
     inner: int                # S = d1 * ... * dk
-    activation: str           # one of OVERLAP_ACTIVATIONS
+    activation: str           # "none", "softmax" or "sigmoid"
     squared: bool
     ignore_index: int         # labels only; -2**63: none
     label_base: int           # 0, or 1 when C == 1
     want_grad: bool
 
-
-#: box regression kernel names (see BoxCall), in the C table's order
-BOX_KERNELS = ("giou", "diou", "ciou")
 
 
 @dataclass(slots=True)
@@ -194,7 +253,7 @@ class BoxCall:
     anything, or None).
     """
 
-    loss: str                 # one of BOX_KERNELS
+    loss: str                 # a box record's kernel (fastloss._registry)
     boxes1: Any
     boxes2: Any
     n: int                    # boxes
@@ -208,9 +267,6 @@ class BoxCall:
     bad1: int = -1            # results of the check
     bad2: int = -1
 
-
-#: distances the pairwise kernels compute per pair (see PAIRWISE below)
-PAIR_METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 #: the pairwise kernels every backend module has (see PAIRWISE)
 PAIR_KERNELS = ("pair_matrix", "pair_lse", "pair_softmax_product", "pair_contrastive_stats",

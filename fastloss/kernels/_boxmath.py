@@ -141,7 +141,7 @@ def ciou(x1, y1, x2, y2, X1, Y1, X2, Y2, eps, eps_alpha):
     return value, g1, g2, g3, g4
 
 
-#: kernel name -> scalar function, in the C table's order (kernels.BOX_KERNELS)
+#: kernel name -> scalar function, in the C table's order (the box records' kernels)
 LOSSES = {f.__name__: f for f in (giou, diou, ciou)}
 HELPERS = (_max, _min, _dmax, _dmin, _iou_parts, _chain, _diou_value)
 #: kernel name -> the run-time code box_loss takes

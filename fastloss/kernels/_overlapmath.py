@@ -43,7 +43,7 @@ import math
 PRIMITIVES = ("exp",)
 exp = math.exp
 
-# activation codes (kernels.OVERLAP_ACTIVATIONS order)
+# activation codes ("none", "softmax", "sigmoid": the C enum's order)
 NONE, SOFTMAX, SIGMOID = 0, 1, 2
 ACTIVATION_CODES = {"none": NONE, "softmax": SOFTMAX, "sigmoid": SIGMOID}
 # target sources: which array the target is read from

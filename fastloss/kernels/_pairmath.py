@@ -29,7 +29,7 @@ PRIMITIVES = ("exp", "log")
 exp, log = math.exp, math.log
 NINF = -math.inf
 
-# metric codes (kernels.PAIR_METRICS order)
+# metric codes (losses.pairwise.METRICS order, as the C enum)
 EUCLIDEAN, SQEUCLIDEAN, COSINE = 0, 1, 2
 METRIC_CODES = {"euclidean": EUCLIDEAN, "sqeuclidean": SQEUCLIDEAN, "cosine": COSINE}
 

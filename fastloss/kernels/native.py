@@ -33,37 +33,49 @@ if _native is not None:
 _LABEL_TYPES = {np.dtype(np.int32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2}
 
 
+def elementwise_launcher(call, dtype):
+    """A launcher for elementwise calls like ``call`` (a kernels.ElementwiseCall
+    whose arrays are ignored but for which of weight and param are given) on
+    ``dtype`` data: the argument struct is filled once, and
+    ``launch(input, target, weight, param, n) -> (value, out, grad)`` copies it,
+    sets the pointers and calls C.  Arrays: C-contiguous, n elements, any
+    number of dimensions."""
+    template = ffi.new("fl_ew_args *", {
+        "p0": call.p0, "p1": call.p1, "grad_scale": call.grad_scale,
+        "want_total": int(not call.want_out)})[0]
+    loss_id, dtype_id = _LOSS_IDS[call.loss], _DTYPE_IDS[np.dtype(dtype)]
+    want_out, want_grad, total_scale = call.want_out, call.want_grad, call.total_scale
+    new, from_buffer, run = ffi.new, ffi.from_buffer, lib.fl_elementwise
+
+    def launch(x, target, weight, param, n):
+        args = new("fl_ew_args *", template)
+        # the cdata buffers must outlive the call: keep them in locals
+        xb = from_buffer(x)
+        yb = from_buffer(target)
+        args.input, args.target, args.n = xb, yb, n
+        wb = pb = ob = gb = out = grad = None
+        if weight is not None:
+            args.weight = wb = from_buffer(weight)
+        if param is not None:
+            args.param = pb = from_buffer(param)
+        if want_out:
+            out = np.empty(n, dtype)
+            args.out = ob = from_buffer(out)
+        if want_grad:
+            grad = np.empty(n, dtype)
+            args.grad = gb = from_buffer(grad)
+        rc = run(loss_id, dtype_id, args)
+        del xb, yb, wb, pb, ob, gb
+        if rc != 0:
+            _check_rc(rc, call.loss)
+        return args.total * total_scale, out, grad
+    return launch
+
+
 def elementwise(call):
+    """One kernels.ElementwiseCall (see :func:`elementwise_launcher`)."""
     x = call.input
-    dtype = x.dtype
-    n = x.size
-    args = ffi.new("fl_ew_args *")
-    # the cdata buffers must outlive the call: keep them in locals
-    xb = ffi.from_buffer(x)
-    yb = ffi.from_buffer(call.target)
-    args.input, args.target = xb, yb
-    wb = pb = ob = gb = out = grad = None
-    if call.weight is not None:
-        args.weight = wb = ffi.from_buffer(call.weight)
-    if call.param is not None:
-        args.param = pb = ffi.from_buffer(call.param)
-    if call.want_out:
-        out = np.empty(n, dtype)
-        args.out = ob = ffi.from_buffer(out)
-    else:
-        args.want_total = 1
-    if call.want_grad:
-        grad = np.empty(n, dtype)
-        args.grad = gb = ffi.from_buffer(grad)
-    args.p0, args.p1, args.n = call.p0, call.p1, n
-    args.grad_scale = call.grad_scale
-    rc = lib.fl_elementwise(_LOSS_IDS[call.loss], _DTYPE_IDS[dtype], args)
-    del xb, yb, wb, pb, ob, gb
-    if rc == -2:
-        raise MemoryError("fastloss C kernel: out of memory")
-    if rc != 0:
-        raise RuntimeError(f"fastloss C kernel {call.loss!r} failed with code {rc}")
-    return args.total * call.total_scale, out, grad
+    return elementwise_launcher(call, x.dtype)(x, call.target, call.weight, call.param, x.size)
 
 
 def _labels(target):
@@ -74,43 +86,63 @@ def _labels(target):
     return target, _LABEL_TYPES[target.dtype]
 
 
+def rowwise_launcher(call, dtype):
+    """A launcher for row-wise calls like ``call`` (a kernels.RowwiseCall whose
+    arrays are ignored) on ``dtype`` data: the argument struct is filled once,
+    and ``launch(input, target, weight, alpha) -> (value, out, grad, bad)``
+    copies it, sets the pointers and calls C.  With ``check_labels`` the
+    labels are checked in the same C call (on the threads, before anything is
+    written; ``bad`` >= 0 is the first bad row, the rest is then None), and
+    the mean's divisor is applied there (``mean_by``)."""
+    template = ffi.new("fl_row_args *", {
+        "n": call.n, "classes": call.classes, "inner": call.inner,
+        "ignore_index": call.ignore_index, "smoothing": call.smoothing, "z_loss": call.z_loss,
+        "p0": call.p0, "p1": call.p1, "want_total": 1, "grad_scale": call.grad_scale,
+        "check_labels": int(call.check_labels), "mean_by": call.mean_by})[0]
+    loss_id, dtype_id = _ROW_IDS[call.loss], _DTYPE_IDS[np.dtype(dtype)]
+    rows, size = call.n * call.inner, call.n * call.classes * call.inner
+    want_out, want_grad, total_scale = call.want_out, call.want_grad, call.total_scale
+    labels = call.loss != "cross_entropy_prob"
+    new, from_buffer, run = ffi.new, ffi.from_buffer, lib.fl_rowwise
+
+    def launch(x, target, weight, alpha):
+        args = new("fl_row_args *", template)
+        # the cdata buffers must outlive the call: keep them in locals
+        xb = from_buffer(x)
+        args.input = xb
+        if labels:
+            label_type = _LABEL_TYPES.get(target.dtype)
+            if label_type is None:
+                target, label_type = _labels(target)
+            args.label_type = label_type
+        tb = from_buffer(target)
+        args.target = tb
+        wb = ab = ob = gb = out = grad = None
+        if weight is not None:
+            args.weight = wb = from_buffer("double[]", weight)
+        if alpha is not None:
+            args.alpha = ab = from_buffer("double[]", alpha)
+        if want_out:
+            out = np.empty(rows, dtype)
+            args.out = ob = from_buffer(out)
+        if want_grad:
+            grad = np.empty(size, dtype)
+            args.grad = gb = from_buffer(grad)
+        rc = run(loss_id, dtype_id, args)
+        del xb, tb, wb, ab, ob, gb
+        if rc != 0:
+            _check_rc(rc, call.loss)
+        if args.bad >= 0:
+            return None, None, None, int(args.bad)
+        return args.total * total_scale, out, grad, -1
+    return launch
+
+
 def rowwise(call):
-    x = call.input
-    dtype = x.dtype
-    rows = call.n * call.inner
-    args = ffi.new("fl_row_args *")
-    xb = ffi.from_buffer(x)
-    args.input = xb
-    if call.loss == "cross_entropy_prob":
-        target, label_type = call.target, 0
-    else:
-        target, label_type = _labels(call.target)
-    tb = ffi.from_buffer(target)
-    args.target, args.label_type = tb, label_type
-    wb = ab = ob = gb = out = grad = None
-    if call.weight is not None:
-        args.weight = wb = ffi.from_buffer("double[]", call.weight)
-    if call.alpha is not None:
-        args.alpha = ab = ffi.from_buffer("double[]", call.alpha)
-    args.n, args.classes, args.inner = call.n, call.classes, call.inner
-    args.ignore_index = call.ignore_index
-    args.smoothing, args.z_loss = call.smoothing, call.z_loss
-    args.p0, args.p1 = call.p0, call.p1
-    if call.want_out:
-        out = np.empty(rows, dtype)
-        args.out = ob = ffi.from_buffer(out)
-    args.want_total = 1
-    if call.want_grad:
-        grad = np.empty(x.size, dtype)
-        args.grad = gb = ffi.from_buffer(grad)
-    args.grad_scale = call.grad_scale
-    rc = lib.fl_rowwise(_ROW_IDS[call.loss], _DTYPE_IDS[dtype], args)
-    del xb, tb, wb, ab, ob, gb
-    if rc == -2:
-        raise MemoryError("fastloss C kernel: out of memory")
-    if rc != 0:
-        raise RuntimeError(f"fastloss C kernel {call.loss!r} failed with code {rc}")
-    return args.total * call.total_scale, out, grad
+    """One kernels.RowwiseCall (see :func:`rowwise_launcher`)."""
+    launch = rowwise_launcher(call, call.input.dtype)
+    value, out, grad, call.bad = launch(call.input, call.target, call.weight, call.alpha)
+    return value, out, grad
 
 
 _OVERLAP_TARGETS = {np.dtype(np.int32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2}
@@ -166,6 +198,8 @@ def scan_labels(target, classes, ignore_index, weight):
     wb = ffi.NULL if weight is None else ffi.from_buffer("double[]", weight)
     first = lib.fl_scan_labels(label_type, ffi.from_buffer(target), target.size, classes,
                                ignore_index, wb, weight_sum, count)
+    if first < -1:
+        raise MemoryError("fastloss C label scan: out of memory")
     return int(first), float(weight_sum[0]), int(count[0])
 
 

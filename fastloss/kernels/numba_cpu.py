@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from . import BuildOnce
+from . import BuildOnce, labels_checked_first
 
 BLOCK = 16384   # elements per block: the unit of work and of summation
 CHUNK = 1024    # elements per inner pass: the scratch buffers stay in L1
@@ -974,7 +974,9 @@ def rowwise(call):
     if loss == "cross_entropy_prob":
         t = np.ascontiguousarray(call.target).reshape(-1)
     else:
-        t = _labels_int64(call.target)
+        t = call.target = _labels_int64(call.target)    # once, for the scan and the kernel
+    if not labels_checked_first(call, scan_labels):
+        return None, None, None
     if call.weight is None or loss == "crammer_singer":
         w = np.ones(max(C, 1), np.float64)
     else:

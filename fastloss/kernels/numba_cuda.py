@@ -18,7 +18,7 @@ import numpy as np
 # used): the simulator swaps the module-global ``cuda`` inside kernels.
 from numba import cuda, float64, int64
 
-from . import BuildOnce
+from . import BuildOnce, labels_checked_first
 
 _built = BuildOnce()
 
@@ -594,6 +594,8 @@ def _row_shared():
 def rowwise(call):
     """(0-d device value = total_scale * sum of row values, per-row values or
     None, grad or None) for one kernels.RowwiseCall on the GPU."""
+    if not labels_checked_first(call, scan_labels):
+        return None, None, None
     loss = call.loss
     n, C, S = int(call.n), int(call.classes), int(call.inner)
     rows = n * S

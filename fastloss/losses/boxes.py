@@ -18,6 +18,7 @@ import numpy as np
 from .. import _dispatch, reference
 from .._convert import same_type_as_input
 from .._typing import ArrayLike, Backend, F, Loss, LossAndGrad, Reduction
+from .._registry import records
 from .._validate import (FLOAT_DTYPES, REDUCTIONS, ArrayMeta, check_bool, check_positive,
                          check_reduction, check_same_place)
 from ..kernels import BoxCall
@@ -25,12 +26,8 @@ from ..kernels import BoxCall
 __all__ = ["generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss",
            "BOX_LOSSES"]
 
-#: public name -> kernel name, for every box loss
-BOX_LOSSES = {
-    "generalized_box_iou_loss": "giou",
-    "distance_box_iou_loss": "diou",
-    "complete_box_iou_loss": "ciou",
-}
+#: public name -> kernel name, for every box loss (from the registry)
+BOX_LOSSES = {r.name: r.kernel for r in records("boxes")}
 
 #: torchvision's complete_box_iou_loss calls its DIoU part without eps: 1e-7 there
 CIOU_DIOU_EPS = 1e-7

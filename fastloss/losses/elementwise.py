@@ -6,8 +6,8 @@ the backend, lays the arrays out for the kernel and applies the reduction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal, overload
+import math
+from typing import Callable, Literal, NamedTuple, overload
 
 import numpy as np
 
@@ -17,7 +17,9 @@ from .._typing import ArrayLike, Backend, F, Loss, LossAndGrad, Reduction
 from .._validate import (FLOAT_DTYPES, REDUCTIONS, ArrayMeta, check_bool, check_broadcastable, check_input,
                          check_open_unit, check_positive, check_real, check_reduction,
                          check_same_place, check_shape)
-from ..kernels import ElementwiseCall, checks
+from .._plans import PlanCache
+from .._registry import REGISTRY, LossRecord, records
+from ..kernels import ElementwiseCall, checks, elementwise_launcher
 
 __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "log_cosh_loss", "quantile_loss",
@@ -26,33 +28,17 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class _Loss:
-    public: str                 # the public function's name
-    kernel: str                 # the kernel's name in every backend
-    mean_by_weight_sum: bool = False   # "mean" with a weight divides by sum(weight), else by N
-    input_range: tuple[float, float] | None = None   # values checked before the kernel
-    target_range: tuple[float, float] | None = None
-    target_pm1: bool = False
+_Loss = LossRecord
+_MSE, _L1, _HUBER, _SMOOTH_L1, _LOG_COSH, _QUANTILE, _BCE, _BCE_LOGITS, _FOCAL, _HINGE = (
+    REGISTRY[name] for name in (
+        "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "log_cosh_loss", "quantile_loss",
+        "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
+        "hinge_loss"))
 
-
-_MSE = _Loss("mse_loss", "mse", mean_by_weight_sum=True)
-_L1 = _Loss("l1_loss", "l1", mean_by_weight_sum=True)
-_HUBER = _Loss("huber_loss", "huber")
-_SMOOTH_L1 = _Loss("smooth_l1_loss", "smooth_l1")
-_LOG_COSH = _Loss("log_cosh_loss", "log_cosh")
-_QUANTILE = _Loss("quantile_loss", "quantile")
-_BCE = _Loss("binary_cross_entropy", "bce", input_range=(0.0, 1.0), target_range=(0.0, 1.0))
-_BCE_LOGITS = _Loss("binary_cross_entropy_with_logits", "bce_logits")
-_FOCAL = _Loss("sigmoid_focal_loss", "sigmoid_focal")
-_HINGE = _Loss("hinge_loss", "hinge", target_pm1=True)
-
-#: public name -> kernel name, for every elementwise loss
-_LOSSES = (_MSE, _L1, _HUBER, _SMOOTH_L1, _LOG_COSH, _QUANTILE, _BCE, _BCE_LOGITS, _FOCAL,
-           _HINGE)
-ELEMENTWISE_LOSSES = {loss.public: loss.kernel for loss in _LOSSES}
+#: public name -> kernel name, for every elementwise loss (from the registry)
+ELEMENTWISE_LOSSES = {r.name: r.kernel for r in records("elementwise")}
 #: the losses whose "mean" with a weight divides by sum(weight) (the others by N)
-MEAN_BY_WEIGHT_SUM = frozenset(loss.public for loss in _LOSSES if loss.mean_by_weight_sum)
+MEAN_BY_WEIGHT_SUM = frozenset(r.name for r in records("elementwise") if r.mean_by_weight_sum)
 
 
 def _host_layout(meta: ArrayMeta, shape, dtype):
@@ -90,6 +76,31 @@ def _check_values(loss: _Loss, metas: dict[str, ArrayMeta], module):
         checks.require_pm1(metas["target"], "target", gpu_module=module)
 
 
+class _Plan(NamedTuple):
+    """A signature of the common case: two host arrays of one float dtype and
+    shape, no weight, no per-element parameter (see :func:`_simple_plan`)."""
+    n: int
+    shape: tuple
+    want_out: bool
+    scalar: Callable          # the dtype's scalar type, for the reduced value
+    call: ElementwiseCall     # the kernel call of the signature, its arrays aside
+    launchers: dict           # backend name -> kernels.elementwise_launcher's, on first use
+
+
+_PLANS = PlanCache()
+
+
+def _simple_plan(loss, shape, dtype, reduction, return_grad, p0, p1) -> _Plan:
+    n = math.prod(shape)
+    scale = 1.0
+    if reduction == "mean":
+        scale = 1.0 / n if n else float("nan")   # 0/0, as PyTorch
+    call = ElementwiseCall(loss=loss.kernel, input=None, target=None, weight=None, param=None,
+                           p0=float(p0), p1=float(p1), want_out=reduction == "none",
+                           want_grad=return_grad, grad_scale=scale, total_scale=scale)
+    return _Plan(n, shape, reduction == "none", dtype.type, call, {})
+
+
 def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
          p0=0.0, p1=0.0, param=None, param_name=None, reference_kwargs=None,
          target_may_broadcast=False):
@@ -105,13 +116,21 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
         # float dtype and shape, nothing to broadcast or convert.
         selected = name, module = _dispatch.select(backend, False)
         if name != "numpy":
-            if loss.input_range or loss.target_range or loss.target_pm1:
+            key = (loss.kernel, input.shape, input.dtype, reduction, return_grad, p0, p1)
+            plan = _PLANS.lookup(key) or _PLANS.get(key, lambda: _simple_plan(
+                loss, input.shape, input.dtype, reduction, return_grad, p0, p1))
+            launch = plan.launchers.get(name)
+            if launch is None:
+                launch = plan.launchers[name] = elementwise_launcher(module, plan.call,
+                                                                     input.dtype)
+            if loss.checks_values:
                 _check_values(loss, {"input": ArrayMeta(input, "input"),
                                      "target": ArrayMeta(target, "target")}, module)
-            arrays = {"input": np.ascontiguousarray(input).reshape(-1),
-                      "target": np.ascontiguousarray(target).reshape(-1)}
-            return _launch(loss, module, arrays, None, input.shape, input.dtype, False,
-                           p0, p1, reduction, return_grad)
+            x = input if input.flags.c_contiguous else np.ascontiguousarray(input)
+            y = target if target.flags.c_contiguous else np.ascontiguousarray(target)
+            value, out, grad = launch(x, y, None, None, plan.n)
+            value = out.reshape(plan.shape) if plan.want_out else plan.scalar(value)
+            return (value, grad.reshape(plan.shape)) if return_grad else value
 
     x = check_input(input)
     metas = {"input": x, "target": ArrayMeta(target, "target")}
@@ -186,7 +205,7 @@ def _run_reference(loss, metas, param_name, kwargs, reduction, return_grad, dtyp
     args = {k: m.array for k, m in metas.items()}
     if param_name in args:
         kwargs = {**kwargs, param_name: args.pop(param_name)}
-    fn = getattr(reference, loss.public)
+    fn = getattr(reference, loss.name)
     result = fn(args["input"], args["target"], weight=args.get("weight"), reduction=reduction,
                 return_grad=return_grad, **kwargs)
     value, grad = result if return_grad else (result, None)

@@ -13,30 +13,33 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Literal, overload
+from typing import Callable, Literal, NamedTuple, overload
 
 import numpy as np
 
 from .. import _dispatch, reference
 from .._convert import same_type_as_input
 from .._typing import ArrayLike, Backend, F, Loss, LossAndGrad, Reduction
-from .._validate import (ArrayMeta, check_bool, check_input, check_positive, check_real,
-                         check_reduction, check_same_place, REDUCTIONS)
-from ..kernels import LABEL_DTYPES, RowwiseCall
+from .._validate import (FLOAT_DTYPES, REDUCTIONS, ArrayMeta, check_bool, check_input,
+                         check_positive, check_real, check_reduction, check_same_place)
+from .._plans import PlanCache
+from .._registry import records
+from ..kernels import (LABEL_DTYPES, MEAN_BY_COUNT, MEAN_BY_NONE, MEAN_BY_WEIGHT,
+                       RowwiseCall, rowwise_launcher)
 
 __all__ = ["cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
            "multiclass_hinge_loss", "MULTICLASS_LOSSES", "MEAN_DIVIDES_BY"]
 
-#: public name -> the kernels it uses
-MULTICLASS_LOSSES = {
-    "cross_entropy": ("cross_entropy", "cross_entropy_prob"),
-    "nll_loss": ("nll",),
-    "softmax_focal_loss": ("softmax_focal",),
-    "multi_margin_loss": ("multi_margin",),
-    "multiclass_hinge_loss": ("crammer_singer",),
-}
+#: public name -> the kernels it uses (from the registry)
+MULTICLASS_LOSSES = {r.name: r.kernels for r in records("multiclass")}
+
+#: how "mean" divides the sum of the row values, per loss: "weight" the weights of the
+#: non-ignored targets (their count without a weight; every row for probability
+#: targets), "valid" the number of non-ignored targets, "rows" the number of rows
+MEAN_DIVIDES_BY = {r.name: r.mean for r in records("multiclass")}
 
 _NO_IGNORE = -(2 ** 63)
+_LABEL_DTYPES = frozenset(np.dtype(name) for name in LABEL_DTYPES)
 
 #: how "mean" divides the sum of the row values, per loss: "weight" the weights of the
 #: non-ignored targets (their count without a weight; every row for probability
@@ -47,6 +50,8 @@ MEAN_DIVIDES_BY = {"cross_entropy": "weight", "nll_loss": "weight",
 
 
 def _check_int(value, name) -> int:
+    if type(value) is int:
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {value!r} ({type(value).__name__})")
     return int(value)
@@ -86,17 +91,24 @@ def _layout(meta: ArrayMeta, name, dtype=None):
     return np.ascontiguousarray(meta.array, dtype=dtype).reshape(-1)
 
 
-def _run(public, input, target, *, reduction, return_grad, backend, weight=None, alpha=None,
-         ignore_index=None, smoothing=0.0, z_loss=0.0, p0=0.0, p1=0.0, two_d_only=False,
-         allow_prob=False, reference_kwargs=None):
-    if reduction not in REDUCTIONS:
-        check_reduction(reduction)
-    if return_grad is not True and return_grad is not False:
-        return_grad = check_bool(return_grad, "return_grad")
-    x = check_input(input)
-    t = ArrayMeta(target, "target")
-    check_same_place({"input": x, "target": t})
-    shape = x.shape
+class _Plan(NamedTuple):
+    """What one call signature decides, once (see :func:`_build_plan`)."""
+    shape: tuple
+    row_shape: tuple
+    classes: int
+    prob: bool                # probability targets of the input's shape
+    ignore: int
+    want_out: bool
+    call: RowwiseCall         # the kernel call of the signature, its arrays aside
+    launchers: dict           # backend name -> kernels.rowwise_launcher's, made on first use
+
+
+_PLANS = PlanCache()
+
+
+def _build_plan(public, shape, dtype, t_shape, t_dtype, reduction, return_grad,
+                ignore_index, two_d_only, allow_prob, scalars) -> _Plan:
+    """The shape and dtype checks of a call and the layout they decide (no backend)."""
     if not shape or (two_d_only and len(shape) > 2):
         want = "(C,) or (N, C)" if two_d_only else "(C,), (N, C) or (N, C, d1, ..., dk)"
         raise ValueError(f"input: expected shape {want}, got {shape}")
@@ -108,78 +120,121 @@ def _run(public, input, target, *, reduction, return_grad, backend, weight=None,
     if classes < 1:
         raise ValueError(f"input: needs at least one class (axis {0 if len(shape) == 1 else 1} "
                          f"has size 0), got shape {shape}")
-
-    prob = allow_prob and t.shape == shape and t.dtype.kind == "f"
+    prob = allow_prob and t_shape == shape and t_dtype.kind == "f"
     if prob:
         if ignore_index is not None and ignore_index >= 0:
             raise ValueError(f"ignore_index: not supported with probability targets (got "
                              f"{ignore_index}; PyTorch raises too); leave it negative")
     else:
-        if t.dtype.kind not in "iu":
+        if t_dtype.kind not in "iu":
             extra = (f" or class probabilities of the input's shape {shape}" if allow_prob
                      else "")
             raise TypeError(f"target: expected integer class indices{extra}, got dtype "
-                            f"{t.dtype} with shape {t.shape}")
-        if t.shape != row_shape:
+                            f"{t_dtype} with shape {t_shape}")
+        if t_shape != row_shape:
             raise ValueError(f"target: class indices must have shape {row_shape} (the "
-                             f"input's {shape} without the class axis), got {t.shape}")
+                             f"input's {shape} without the class axis), got {t_shape}")
     # losses without ignore_index: a value no label can take (-2**63), so every
     # label is checked and every row counts
     ignore = _NO_IGNORE if ignore_index is None else ignore_index
+    rows = n * inner
+    mean_by, scale = MEAN_BY_NONE, 1.0
+    if reduction == "mean":
+        divides_by = "rows" if prob else MEAN_DIVIDES_BY[public]
+        if divides_by == "rows":
+            scale = 1.0 / rows if rows else float("nan")   # 0/0: nan, as PyTorch
+        else:
+            mean_by = MEAN_BY_WEIGHT if divides_by == "weight" else MEAN_BY_COUNT
+    smoothing, z_loss, p0, p1 = map(float, scalars)
+    call = RowwiseCall(
+        loss=MULTICLASS_LOSSES[public][1 if prob else 0], input=None, target=None, n=n,
+        classes=classes, inner=inner, weight=None, alpha=None, ignore_index=ignore,
+        smoothing=smoothing, z_loss=z_loss, p0=p0, p1=p1, want_out=reduction == "none",
+        want_grad=return_grad, grad_scale=scale, total_scale=scale, check_labels=not prob,
+        mean_by=mean_by)
+    return _Plan(shape, row_shape, classes, prob, ignore, reduction == "none", call, {})
 
-    on_gpu = x.on_gpu
+
+def _run(public, input, target, *, reduction, return_grad, backend, weight=None, alpha=None,
+         ignore_index=None, smoothing=0.0, z_loss=0.0, p0=0.0, p1=0.0, two_d_only=False,
+         allow_prob=False, reference_kwargs=None):
+    if reduction not in REDUCTIONS:
+        check_reduction(reduction)
+    if return_grad is not True and return_grad is not False:
+        return_grad = check_bool(return_grad, "return_grad")
+    if (type(input) is np.ndarray and type(target) is np.ndarray
+            and input.dtype in FLOAT_DTYPES and target.dtype.kind in "biuf"):
+        # host NumPy arrays, the common case: nothing to describe or convert
+        x = t = None
+        x_array, t_array, on_gpu = input, target, False
+        shape, dtype, t_shape, t_dtype = input.shape, input.dtype, target.shape, target.dtype
+    else:
+        x = check_input(input)
+        t = ArrayMeta(target, "target")
+        check_same_place({"input": x, "target": t})
+        x_array, t_array, on_gpu = x.array, t.array, x.on_gpu
+        shape, dtype, t_shape, t_dtype = x.shape, x.dtype, t.shape, t.dtype
+    scalars = (smoothing, z_loss, p0, p1)    # floats: the public functions checked them
+    key = (public, shape, dtype, t_shape, t_dtype, reduction, return_grad, ignore_index,
+           two_d_only, allow_prob, scalars)
+    plan = _PLANS.lookup(key) or _PLANS.get(key, lambda: _build_plan(
+        public, shape, dtype, t_shape, t_dtype, reduction, return_grad, ignore_index,
+        two_d_only, allow_prob, scalars))
     if weight is not None:
-        weight = _check_class_vector(weight, "weight", classes, on_gpu)
+        weight = _check_class_vector(weight, "weight", plan.classes, on_gpu)
     if alpha is not None:
-        alpha = _check_class_vector(alpha, "alpha", classes, on_gpu)
+        alpha = _check_class_vector(alpha, "alpha", plan.classes, on_gpu)
         if not on_gpu and np.any(alpha < 0):
             raise ValueError(f"alpha: per-class values must be ≥ 0, got {alpha[alpha < 0][0]!r}")
     name, module = _dispatch.select(backend, on_gpu)
-
-    rows = n * inner
     if name == "numpy":
-        if not prob:
-            _scan_labels_numpy(t, classes, ignore)
-        kwargs = dict(reference_kwargs or {})
-        if weight is not None:
-            kwargs["weight"] = weight
-        if alpha is not None:
-            kwargs["alpha"] = alpha
-        result = getattr(reference, public)(np.asarray(x.array), np.asarray(t.array),
-                                            reduction=reduction, return_grad=return_grad,
-                                            **kwargs)
-        value, grad = result if return_grad else (result, None)
-        value = (np.asarray(value).astype(x.dtype) if reduction == "none"
-                 else x.dtype.type(value))
-        return (value, np.asarray(grad).astype(x.dtype)) if return_grad else value
+        return _run_reference(public, plan, x_array, t_array, weight, alpha, reduction,
+                              return_grad, reference_kwargs)
+    launch = plan.launchers.get(name)
+    if launch is None:
+        launch = plan.launchers[name] = rowwise_launcher(module, plan.call, dtype)
 
-    x_flat = _layout(x, "input")
-    t_flat = _layout(t, "target", x.dtype if prob else None)
-    if not prob and not t.on_gpu and t_flat.dtype.name not in LABEL_DTYPES:
-        t_flat = t_flat.astype(np.int64)    # once, for the label scan and the kernel
-    if prob:
-        valid, weight_sum = rows, float(rows)
-    else:
-        first, weight_sum, valid = module.scan_labels(t_flat, classes, ignore, weight)
-        if first >= 0:
-            _raise_bad_label(t, first, classes, ignore)
-    scale = 1.0
-    if reduction == "mean":
-        denom = {"weight": weight_sum, "valid": float(valid),
-                 "rows": float(rows)}[MEAN_DIVIDES_BY[public]]
-        scale = 1.0 / denom if denom != 0 else float("nan")   # 0/0: nan, as PyTorch
-    kernel = MULTICLASS_LOSSES[public][1 if prob else 0]
-    call = RowwiseCall(
-        loss=kernel, input=x_flat, target=t_flat, n=n, classes=classes, inner=inner,
-        weight=weight, alpha=alpha, ignore_index=ignore, smoothing=float(smoothing),
-        z_loss=float(z_loss), p0=float(p0), p1=float(p1), want_out=reduction == "none",
-        want_grad=return_grad, grad_scale=scale, total_scale=scale)
-    value, out, grad = module.rowwise(call)
-    if reduction == "none":
-        value = out.reshape(row_shape)
+    if on_gpu:
+        x_flat = _layout(x, "input")
+        t_flat = _layout(t, "target", dtype if plan.prob else None)
+    else:   # contiguous host arrays (launchers flatten them where they need to)
+        x_flat = x_array if x_array.flags.c_contiguous else np.ascontiguousarray(x_array)
+        t_flat = t_array
+        if plan.prob:
+            if t_dtype != dtype or not t_array.flags.c_contiguous:
+                t_flat = np.ascontiguousarray(t_array, dtype)
+        elif t_dtype not in _LABEL_DTYPES:
+            t_flat = t_array.astype(np.int64)    # once, for the label check and the kernel
+        elif not t_array.flags.c_contiguous:
+            t_flat = np.ascontiguousarray(t_array)
+    value, out, grad, bad = launch(x_flat, t_flat, weight, alpha)
+    if bad >= 0:
+        _raise_bad_label(t if t is not None else ArrayMeta(t_array, "target"), bad,
+                         plan.classes, plan.ignore)
+    if plan.want_out:
+        value = out.reshape(plan.row_shape)
     elif not on_gpu:
-        value = x.dtype.type(value)
-    return (value, grad.reshape(shape)) if return_grad else value
+        value = dtype.type(value)
+    return (value, grad.reshape(plan.shape)) if return_grad else value
+
+
+def _run_reference(public, plan, x_array, t_array, weight, alpha, reduction, return_grad,
+                   reference_kwargs):
+    """backend="numpy": the float64 reference, cast back to the input's dtype."""
+    x_array, t_array = np.asarray(x_array), np.asarray(t_array)
+    if not plan.prob:
+        _scan_labels_numpy(ArrayMeta(t_array, "target"), plan.classes, plan.ignore)
+    kwargs = dict(reference_kwargs or {})
+    if weight is not None:
+        kwargs["weight"] = weight
+    if alpha is not None:
+        kwargs["alpha"] = alpha
+    result = getattr(reference, public)(x_array, t_array, reduction=reduction,
+                                        return_grad=return_grad, **kwargs)
+    value, grad = result if return_grad else (result, None)
+    dtype = x_array.dtype
+    value = np.asarray(value).astype(dtype) if reduction == "none" else dtype.type(value)
+    return (value, np.asarray(grad).astype(dtype)) if return_grad else value
 
 
 def _scan_labels_numpy(t: ArrayMeta, classes, ignore):
@@ -207,6 +262,8 @@ def _read_gpu_element(array, flat_index):
 
 
 def _check_smoothing(label_smoothing):
+    if type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0:
+        return label_smoothing
     value = check_real(label_smoothing, "label_smoothing")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"label_smoothing: expected a value in [0, 1], got {value!r}")

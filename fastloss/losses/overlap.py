@@ -27,14 +27,15 @@ from .._convert import same_type_as_input
 from .. import _dispatch, reference
 from .._validate import (ArrayMeta, check_bool, check_input, check_positive, check_real,
                          check_reduction, check_same_place, REDUCTIONS)
+from .._registry import records
 from ..kernels import LABEL_DTYPES, OverlapCall
-from .multiclass import (_check_int, _layout, _raise_bad_label, _scan_labels_numpy,
+from .multiclass import (_LABEL_DTYPES, _check_int, _layout, _raise_bad_label, _scan_labels_numpy,
                          _NO_IGNORE)
 
 __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
            "dice_stats", "dice_from_stats", "dice_grad", "OVERLAP_LOSSES", "STATS_LOSSES"]
 
-OVERLAP_LOSSES = ("dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss")
+OVERLAP_LOSSES = tuple(r.name for r in records("overlap"))   # from the registry
 _ACTIVATIONS = {None: "none", "none": "none", "softmax": "softmax", "sigmoid": "sigmoid"}
 _W_TYPES = ("square", "simple", "uniform")
 #: dice_from_stats(loss=...) -> the loss it computes
@@ -246,8 +247,8 @@ def _select(v: _Volume, backend):
     if v.kind == "labels" and name == "numpy":
         _scan_labels_numpy(t, classes, v.ignore)
     elif v.kind == "labels":
-        flat = _layout(ArrayMeta(v.t_array, "target"), "target")
-        if not t.on_gpu and flat.dtype.name not in LABEL_DTYPES:
+        flat = _layout(t, "target")          # (labels: t_array is t's array)
+        if not t.on_gpu and flat.dtype not in _LABEL_DTYPES:
             flat = flat.astype(np.int64)
         first, _, _ = module.scan_labels(flat, classes, v.ignore, None)
         if first >= 0:
@@ -277,7 +278,6 @@ def _run(loss, input, target, *, activation, include_background, smooth_nr, smoo
     if reduction not in REDUCTIONS:
         check_reduction(reduction)
     return_grad = check_bool(return_grad, "return_grad")
-    _check_activation(activation)
     params = _loss_params(include_background, batch, ignore_empty, smooth_nr, smooth_dr, extra)
     squared_pred = check_bool(squared_pred, "squared_pred")
     v = _volume(input, target, activation, ignore_index)

@@ -29,14 +29,14 @@ from .. import _dispatch, reference
 from .._convert import same_type_as_input
 from .._typing import (ArrayLike, Array, Backend, Loss, LossAndGrad, LossAndGrads, Metric,
                        PairReduction, Reduction)
+from .._registry import records
 from .._validate import FLOAT_DTYPES, ArrayMeta, check_bool, check_real
 
 __all__ = ["pairwise_distances", "contrastive_loss", "triplet_margin_loss",
            "batch_hard_triplet_loss", "info_nce_loss", "nt_xent_loss", "PAIRWISE_LOSSES"]
 
 #: every public function of the family (pairwise_distances has no gradient)
-PAIRWISE_LOSSES = ("pairwise_distances", "contrastive_loss", "triplet_margin_loss",
-                   "batch_hard_triplet_loss", "info_nce_loss", "nt_xent_loss")
+PAIRWISE_LOSSES = tuple(r.name for r in records("pairwise"))   # from the registry
 
 NORM_EPS = 1e-12          # torch.nn.functional.normalize's eps
 METRICS = ("euclidean", "sqeuclidean", "cosine")

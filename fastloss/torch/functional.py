@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import fastloss as _fl
+from fastloss._registry import REGISTRY
 
 from ._autograd import Call, apply, per_row, same, uniform
 
@@ -65,9 +66,8 @@ def _weighted(options: dict[str, Any], **tensors) -> dict[str, Any]:
 
 # ---- elementwise ---------------------------------------------------------------------
 
-#: losses of input − target: d loss / d target = −d loss / d input
-_OF_DIFFERENCE = frozenset({"mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
-                            "log_cosh_loss", "quantile_loss"})
+#: losses of input − target: d loss / d target = −d loss / d input (from the registry)
+_OF_DIFFERENCE = frozenset(r.name for r in REGISTRY.values() if r.of_difference)
 
 
 def _pointwise(core, input, target, options, names=("input", "target")) -> Tensor:
