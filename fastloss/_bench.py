@@ -933,9 +933,9 @@ def small_call(family: str, label: str, shape: tuple[int, ...], backend: str, gr
         x, y = make_inputs(label, shape, dtype, seed=0)
         return make_call(label, backend, x, y, grad=grad)
     if family in ("multiclass", "overlap"):
-        case = (MULTICLASS_CASES if family == "multiclass" else OVERLAP_CASES)[label]
-        x, y = make_multiclass_inputs(case, shape, dtype, seed=0)
-        return make_multiclass_call(case, backend, x, y, grad=grad)
+        row_case = (MULTICLASS_CASES if family == "multiclass" else OVERLAP_CASES)[label]
+        x, y = make_multiclass_inputs(row_case, shape, dtype, seed=0)
+        return make_multiclass_call(row_case, backend, x, y, grad=grad)
     if family == "boxes":
         b1, b2 = make_boxes(shape[0], dtype)
         return make_box_call(label, backend, b1, b2, grad=grad)

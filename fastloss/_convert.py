@@ -144,7 +144,7 @@ def same_type_as_input(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        first = args[0] if args else kwargs.get(names[0])
+        first: Any = args[0] if args else kwargs.get(names[0])
         if type(first) is np.ndarray:     # the common case: nothing to convert
             return fn(*args, **kwargs)
         library = _library(first)

@@ -224,7 +224,8 @@ def test_masked_logits(backend):
 
 
 @pytest.mark.skipif(not available("c"), reason="C extension not built")
-@pytest.mark.parametrize("shape", [(2, 70000), (3, 7, 1000)], ids=["split-rows", "tiles"])
+@pytest.mark.parametrize("shape", [(2, 70000), (3, 7, 1000), (20000, 10)],
+                         ids=["split-rows", "tiles", "short-rows"])
 def test_thread_count_does_not_change_bits(shape):
     x, y, rng = _inputs(shape, np.float32, ignore=True)
     kw = dict(label_smoothing=0.1, weight=rng.uniform(0.5, 2, shape[1]), return_grad=True)
@@ -238,6 +239,21 @@ def test_thread_count_does_not_change_bits(shape):
         assert grad.tobytes() == results[0][1].tobytes()
     for value, grad in results[3::2]:
         assert value.tobytes() == results[1][0].tobytes()
+
+
+@pytest.mark.skipif(not available("c"), reason="C extension not built")
+@pytest.mark.parametrize("name", ["nll_loss", "softmax_focal_loss"])
+def test_thread_count_does_not_change_bits_of_short_rows(name):
+    """The gather of nll_loss and the short-row tiles of the softmax losses, on
+    enough rows for the label check and the rows to run on several threads."""
+    x, y, _ = _inputs((30000, 10), np.float32, ignore=True)
+    results = []
+    for threads in (1, 2, 3):
+        fl.set_num_threads(threads)
+        value, grad = getattr(fl, name)(x, y, return_grad=True)
+        results.append((value.tobytes(), grad.tobytes()))
+    fl.set_num_threads(None)
+    assert results[1] == results[0] and results[2] == results[0]
 
 
 @pytest.mark.skipif(not available("c"), reason="C extension not built")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._plans import PlanCache
+
 try:
     from .. import _native  # type: ignore[attr-defined]  # the compiled cffi module
 except ImportError as exc:  # not built: the numba backend takes over
@@ -40,9 +42,10 @@ def elementwise_launcher(call, dtype):
     ``launch(input, target, weight, param, n) -> (value, out, grad)`` copies it,
     sets the pointers and calls C.  Arrays: C-contiguous, n elements, any
     number of dimensions."""
-    template = ffi.new("fl_ew_args *", {
-        "p0": call.p0, "p1": call.p1, "grad_scale": call.grad_scale,
-        "want_total": int(not call.want_out)})[0]
+    fields = ffi.new("fl_ew_args *")      # (field by field: cffi's dict initialiser is slower)
+    fields.p0, fields.p1, fields.grad_scale = call.p0, call.p1, call.grad_scale
+    fields.want_total = int(not call.want_out)
+    template = fields[0]
     loss_id, dtype_id = _LOSS_IDS[call.loss], _DTYPE_IDS[np.dtype(dtype)]
     want_out, want_grad, total_scale = call.want_out, call.want_grad, call.total_scale
     new, from_buffer, run = ffi.new, ffi.from_buffer, lib.fl_elementwise
@@ -72,10 +75,17 @@ def elementwise_launcher(call, dtype):
     return launch
 
 
+_LAUNCHERS = PlanCache(256)   # elementwise(call)'s, by what the launcher bakes in
+
+
 def elementwise(call):
-    """One kernels.ElementwiseCall (see :func:`elementwise_launcher`)."""
+    """One kernels.ElementwiseCall (see :func:`elementwise_launcher`; the launcher is
+    kept per loss, dtype and scalars, so that repeated calls reuse it)."""
     x = call.input
-    return elementwise_launcher(call, x.dtype)(x, call.target, call.weight, call.param, x.size)
+    key = (call.loss, x.dtype, call.p0, call.p1, call.grad_scale, call.total_scale,
+           call.want_out, call.want_grad)
+    launch = _LAUNCHERS.get(key, lambda: elementwise_launcher(call, x.dtype))
+    return launch(x, call.target, call.weight, call.param, x.size)
 
 
 def _labels(target):
@@ -94,11 +104,14 @@ def rowwise_launcher(call, dtype):
     labels are checked in the same C call (on the threads, before anything is
     written; ``bad`` >= 0 is the first bad row, the rest is then None), and
     the mean's divisor is applied there (``mean_by``)."""
-    template = ffi.new("fl_row_args *", {
-        "n": call.n, "classes": call.classes, "inner": call.inner,
-        "ignore_index": call.ignore_index, "smoothing": call.smoothing, "z_loss": call.z_loss,
-        "p0": call.p0, "p1": call.p1, "want_total": 1, "grad_scale": call.grad_scale,
-        "check_labels": int(call.check_labels), "mean_by": call.mean_by})[0]
+    fields = ffi.new("fl_row_args *")      # (field by field: cffi's dict initialiser is slower)
+    fields.n, fields.classes, fields.inner = call.n, call.classes, call.inner
+    fields.ignore_index, fields.smoothing, fields.z_loss = (call.ignore_index, call.smoothing,
+                                                            call.z_loss)
+    fields.p0, fields.p1, fields.grad_scale = call.p0, call.p1, call.grad_scale
+    fields.want_total, fields.check_labels, fields.mean_by = 1, int(call.check_labels), \
+        call.mean_by
+    template = fields[0]
     loss_id, dtype_id = _ROW_IDS[call.loss], _DTYPE_IDS[np.dtype(dtype)]
     rows, size = call.n * call.inner, call.n * call.classes * call.inner
     want_out, want_grad, total_scale = call.want_out, call.want_grad, call.total_scale

@@ -126,9 +126,9 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
             if loss.checks_values:
                 _check_values(loss, {"input": ArrayMeta(input, "input"),
                                      "target": ArrayMeta(target, "target")}, module)
-            x = input if input.flags.c_contiguous else np.ascontiguousarray(input)
-            y = target if target.flags.c_contiguous else np.ascontiguousarray(target)
-            value, out, grad = launch(x, y, None, None, plan.n)
+            x_host = input if input.flags.c_contiguous else np.ascontiguousarray(input)
+            y_host = target if target.flags.c_contiguous else np.ascontiguousarray(target)
+            value, out, grad = launch(x_host, y_host, None, None, plan.n)
             value = out.reshape(plan.shape) if plan.want_out else plan.scalar(value)
             return (value, grad.reshape(plan.shape)) if return_grad else value
 
