@@ -15,6 +15,7 @@ its record here and its public function; nothing else.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -57,16 +58,17 @@ class LossRecord:
     target_pm1: bool = False
     bench: bool = True              # has a benchmark case (a False here says why)
 
-    @property
+    # (cached: these are read on every call)
+    @functools.cached_property
     def kernel(self) -> str:
         """The kernel, for families with one kernel per loss."""
         return self.kernels[0]
 
-    @property
+    @functools.cached_property
     def mean_by_weight_sum(self) -> bool:
         return self.mean == "weight_sum"
 
-    @property
+    @functools.cached_property
     def checks_values(self) -> bool:
         return bool(self.input_range or self.target_range or self.target_pm1)
 

@@ -128,7 +128,8 @@ MEAN_BY_NONE, MEAN_BY_WEIGHT, MEAN_BY_COUNT = 0, 1, 2
 def elementwise_launcher(module, call: ElementwiseCall, dtype) -> Callable:
     """``launch(input, target, weight, param, n) -> (value, out, grad)`` for calls
     like ``call`` (its arrays aside, but for which of weight and param are given)
-    on ``module``, given C-contiguous arrays of n elements (read flat): the
+    on ``module``, given host arrays of n elements in any layout (read flat, in C
+    order; strided ones are copied) or contiguous device arrays: the
     module's own ``elementwise_launcher`` where it has one (the C backend
     prepares its argument struct once), else a call of its ``elementwise`` on a
     copy of ``call``."""
@@ -147,8 +148,9 @@ def elementwise_launcher(module, call: ElementwiseCall, dtype) -> Callable:
 
 def rowwise_launcher(module, call: RowwiseCall, dtype) -> Callable:
     """``launch(input, target, weight, alpha) -> (value, out, grad, bad)`` for calls
-    like ``call`` (its arrays aside) on ``module``, given C-contiguous arrays of any
-    number of dimensions (they are read flat): the module's own
+    like ``call`` (its arrays aside) on ``module``, given host arrays in any layout
+    (read flat, in C order; strided ones are copied) or contiguous device arrays:
+    the module's own
     ``rowwise_launcher`` where it has one (the C backend prepares its argument
     struct once), else a call of its ``rowwise`` on a copy of ``call``."""
     prepare = getattr(module, "rowwise_launcher", None)

@@ -35,6 +35,15 @@ if _native is not None:
 _LABEL_TYPES = {np.dtype(np.int32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2}
 
 
+def _c_buffer(array):
+    """A cdata view of a host array's memory; a C-contiguous copy of a strided one
+    (``ffi.from_buffer`` refuses those, so contiguous arrays pay no check)."""
+    try:
+        return ffi.from_buffer(array)
+    except ValueError:      # "ndarray is not C-contiguous"
+        return ffi.from_buffer(np.ascontiguousarray(array))
+
+
 def elementwise_launcher(call, dtype):
     """A launcher for elementwise calls like ``call`` (a kernels.ElementwiseCall
     whose arrays are ignored but for which of weight and param are given) on
@@ -53,8 +62,7 @@ def elementwise_launcher(call, dtype):
     def launch(x, target, weight, param, n):
         args = new("fl_ew_args *", template)
         # the cdata buffers must outlive the call: keep them in locals
-        xb = from_buffer(x)
-        yb = from_buffer(target)
+        xb, yb = _c_buffer(x), _c_buffer(target)
         args.input, args.target, args.n = xb, yb, n
         wb = pb = ob = gb = out = grad = None
         if weight is not None:
@@ -121,14 +129,14 @@ def rowwise_launcher(call, dtype):
     def launch(x, target, weight, alpha):
         args = new("fl_row_args *", template)
         # the cdata buffers must outlive the call: keep them in locals
-        xb = from_buffer(x)
+        xb = _c_buffer(x)
         args.input = xb
         if labels:
             label_type = _LABEL_TYPES.get(target.dtype)
             if label_type is None:
                 target, label_type = _labels(target)
             args.label_type = label_type
-        tb = from_buffer(target)
+        tb = _c_buffer(target)
         args.target = tb
         wb = ab = ob = gb = out = grad = None
         if weight is not None:

@@ -116,7 +116,7 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
         # float dtype and shape, nothing to broadcast or convert.
         selected = name, module = _dispatch.select(backend, False)
         if name != "numpy":
-            key = (loss.kernel, input.shape, input.dtype, reduction, return_grad, p0, p1)
+            key = (loss.name, input.shape, input.dtype, reduction, return_grad, p0, p1)
             plan = _PLANS.lookup(key) or _PLANS.get(key, lambda: _simple_plan(
                 loss, input.shape, input.dtype, reduction, return_grad, p0, p1))
             launch = plan.launchers.get(name)
@@ -126,9 +126,7 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
             if loss.checks_values:
                 _check_values(loss, {"input": ArrayMeta(input, "input"),
                                      "target": ArrayMeta(target, "target")}, module)
-            x_host = input if input.flags.c_contiguous else np.ascontiguousarray(input)
-            y_host = target if target.flags.c_contiguous else np.ascontiguousarray(target)
-            value, out, grad = launch(x_host, y_host, None, None, plan.n)
+            value, out, grad = launch(input, target, None, None, plan.n)   # (any layout)
             value = out.reshape(plan.shape) if plan.want_out else plan.scalar(value)
             return (value, grad.reshape(plan.shape)) if return_grad else value
 

@@ -197,16 +197,12 @@ def _run(public, input, target, *, reduction, return_grad, backend, weight=None,
     if on_gpu:
         x_flat = _layout(x, "input")
         t_flat = _layout(t, "target", dtype if plan.prob else None)
-    else:   # contiguous host arrays (launchers flatten them where they need to)
-        x_flat = x_array if x_array.flags.c_contiguous else np.ascontiguousarray(x_array)
-        t_flat = t_array
-        if plan.prob:
-            if t_dtype != dtype or not t_array.flags.c_contiguous:
-                t_flat = np.ascontiguousarray(t_array, dtype)
-        elif t_dtype not in _LABEL_DTYPES:
+    else:   # host arrays in any layout: the launchers read them flat, copying strided ones
+        x_flat, t_flat = x_array, t_array
+        if plan.prob and t_dtype != dtype:
+            t_flat = np.ascontiguousarray(t_array, dtype)
+        elif not plan.prob and t_dtype not in _LABEL_DTYPES:
             t_flat = t_array.astype(np.int64)    # once, for the label check and the kernel
-        elif not t_array.flags.c_contiguous:
-            t_flat = np.ascontiguousarray(t_array)
     value, out, grad, bad = launch(x_flat, t_flat, weight, alpha)
     if bad >= 0:
         _raise_bad_label(t if t is not None else ArrayMeta(t_array, "target"), bad,
