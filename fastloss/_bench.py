@@ -45,15 +45,28 @@ MODES = {False: "forward", True: "value+grad"}
 
 # --------------------------------------------------------------------------- timing
 
-def quiet_openmp() -> str:
-    """Make OpenMP threads sleep, not spin, while they wait (unless the caller chose).
+#: the OpenMP wait policy of the environment before :func:`quiet_openmp` (None: unset)
+_USER_POLICY: list[str | None] = []
+
+
+def quiet_openmp() -> str | None:
+    """Make OpenMP threads sleep, not spin, while they wait (unless the caller chose,
+    or ``FASTLOSS_BENCH_OMP=default`` asks to leave the policy as it is).
 
     With GNU OpenMP's default policy, waiting threads spin; when other processes
     hold the cores, a parallel region then waits for descheduled threads, and a
     PyTorch or numba call of 0.1 ms takes 16 ms (measured on this project's
     2-core machine with one core busy elsewhere): that times the scheduler, not
     the code.  Must run before numba or torch loads libgomp.  Returns the policy.
+
+    But PASSIVE also makes every parallel region wake sleeping threads: torch's
+    small calls then cost 3-4x more (cross_entropy 64 x 10: 24 instead of 6.5 us
+    here), so the small-call comparison runs under the user's policy instead.
     """
+    if not _USER_POLICY:
+        _USER_POLICY.append(os.environ.get("OMP_WAIT_POLICY"))
+    if os.environ.get("FASTLOSS_BENCH_OMP") == "default":
+        return os.environ.get("OMP_WAIT_POLICY")
     return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -712,6 +725,12 @@ def _ratio(base: float | None, t: float) -> str:
 
 
 def cmd_bench(args) -> int:
+    if args.small:
+        dtype = np.dtype(args.dtype)
+        names = {label.split("[")[0] for entries in SMALL_CALLS.values() for label, _ in entries}
+        _bench_small(args, dtype, _split(args.losses, sorted(names), "loss") or names,
+                     [False, True] if args.grad else [False])
+        return 0
     if args.report:
         from fastloss._report import cmd_report     # matplotlib and the sizes grid live there
         return cmd_report(args)
@@ -782,7 +801,8 @@ def cmd_bench(args) -> int:
     _bench_pairwise(args, [c for c in PAIRWISE_CASES.values() if c.name in chosen], dtype,
                     backends, modes)
     if "torch" in backends:
-        _bench_small(args, dtype, chosen, modes)
+        sys.stdout.flush()
+        _bench_small_in_child(args)
     if others.share is not None and others.share > 0.25:
         print(f"warning: other processes used {others.share:.0%} of the CPUs meanwhile; "
               f"parallel code waits for descheduled threads, so these figures understate it")
@@ -945,6 +965,23 @@ def small_call(family: str, label: str, shape: tuple[int, ...], backend: str, gr
     return make_pairwise_call(case, backend, arrays, grad=grad)
 
 
+def _bench_small_in_child(args) -> None:
+    """The small-call table in a fresh process under the user's OpenMP wait policy
+    (see :func:`quiet_openmp`): ``python -m fastloss bench --small``."""
+    import subprocess
+    env = dict(os.environ, FASTLOSS_BENCH_OMP="default")
+    env.pop("OMP_WAIT_POLICY", None)
+    if _USER_POLICY and _USER_POLICY[0] is not None:
+        env["OMP_WAIT_POLICY"] = _USER_POLICY[0]
+    command = [sys.executable, "-m", "fastloss", "bench", "--small", "--dtype", args.dtype,
+               "--repeats", str(args.repeats)]
+    if args.losses:
+        command += ["--losses", args.losses]
+    if args.grad:
+        command.append("--grad")
+    subprocess.run(command, env=env, check=True)
+
+
 def _bench_small(args, dtype, chosen, modes):
     """Fastloss's automatic backend against the peer at the sizes of a training step,
     forward and value+grad, in the same run (median of at least 9 rounds)."""
@@ -974,7 +1011,8 @@ def _bench_small(args, dtype, chosen, modes):
                              _ratio(times["torch"], times[None])])
     print(f"\nsmall calls, {dtype.name} (the sizes of a training step): fastloss's automatic "
           f"backend against the peer (torch; MONAI for overlap; torch's usual code for the "
-          f"pairwise losses), median of {repeats}; 'vs peer' > 1x: fastloss is faster")
+          f"pairwise losses), median of {repeats}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; 'vs peer' > 1x: fastloss is faster")
     print(_table(["family", "case", "size", "mode", "fastloss us", "peer us", "vs peer"],
                  rows))
 
@@ -1042,7 +1080,6 @@ def cmd_check(args) -> int:
 # --------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_openmp()                 # before any numba/torch import (see its docstring)
     parser = argparse.ArgumentParser(prog="python -m fastloss",
                                      description="fastloss: information, benchmark, self-test")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1065,6 +1102,10 @@ def main(argv: list[str] | None = None) -> int:
                         "and write DIR/README.md with PNG charts (needs matplotlib; "
                         "'{tag}' in DIR becomes <cpu>-<cores>core-<date>; --backends may "
                         "also name monai, pml; --n and --grad do not apply)")
+    p.add_argument("--small", action="store_true",
+                   help="only the small-call table (the sizes of a training step, against "
+                        "the peer), in this process and under this environment's OpenMP "
+                        "wait policy; a plain bench runs it so in a child process")
     p.add_argument("--sizes", help="with --report: comma-separated element counts, from "
                                    "which each family sizes its inputs (default "
                                    "1e4,1e5,1e6,1e7)")
@@ -1083,4 +1124,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)    # the report names its command
+    if not getattr(args, "small", False):
+        quiet_openmp()             # before any numba/torch import (see its docstring)
     return args.func(args)

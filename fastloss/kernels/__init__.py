@@ -4,7 +4,6 @@ can run here) and one entry point per loop shape, e.g.
 :mod:`fastloss._dispatch`."""
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -137,12 +136,14 @@ def elementwise_launcher(module, call: ElementwiseCall, dtype) -> Callable:
     if prepare is not None:
         return prepare(call, dtype)
 
+    c = call
+
     def launch(x, target, weight, param, n):
-        one = dataclasses.replace(
-            call, input=x.reshape(-1), target=target.reshape(-1),
-            weight=None if weight is None else weight.reshape(-1),
-            param=None if param is None else param.reshape(-1))
-        return module.elementwise(one)
+        return module.elementwise(ElementwiseCall(
+            c.loss, x.reshape(-1), target.reshape(-1),
+            None if weight is None else weight.reshape(-1),
+            None if param is None else param.reshape(-1), c.p0, c.p1, c.want_out, c.want_grad,
+            c.grad_scale, c.total_scale))
     return launch
 
 
@@ -157,9 +158,13 @@ def rowwise_launcher(module, call: RowwiseCall, dtype) -> Callable:
     if prepare is not None:
         return prepare(call, dtype)
 
+    c = call
+
     def launch(x, target, weight, alpha):
-        one = dataclasses.replace(call, input=x.reshape(-1), target=target.reshape(-1),
-                                  weight=weight, alpha=alpha)
+        one = RowwiseCall(c.loss, x.reshape(-1), target.reshape(-1), c.n, c.classes, c.inner,
+                          weight, alpha, c.ignore_index, c.smoothing, c.z_loss, c.p0, c.p1,
+                          c.want_out, c.want_grad, c.grad_scale, c.total_scale,
+                          c.check_labels, c.mean_by)
         value, out, grad = module.rowwise(one)
         return value, out, grad, one.bad
     return launch
