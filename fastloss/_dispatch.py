@@ -55,7 +55,7 @@ class BackendUnavailable(RuntimeError):
 _PLACE_OF_TYPE: dict[type, str] = {}
 
 
-def _place_of_type(cls: type, obj: object) -> str | None:
+def _place_of_type(cls: type) -> str | None:
     """The place of ``cls``'s arrays, or None when it is the instance's to say
     (an object carrying its own ``__cuda_array_interface__``)."""
     module = cls.__module__
@@ -77,7 +77,7 @@ def is_gpu_array(obj: object) -> bool:
     cls = type(obj)
     place = _PLACE_OF_TYPE.get(cls)
     if place is None:
-        place = _place_of_type(cls, obj)
+        place = _place_of_type(cls)
         if place is None:
             return hasattr(obj, "__cuda_array_interface__")
         _PLACE_OF_TYPE[cls] = place

@@ -49,8 +49,8 @@ def elementwise_launcher(call, dtype):
     whose arrays are ignored but for which of weight and param are given) on
     ``dtype`` data: the argument struct is filled once, and
     ``launch(input, target, weight, param, n) -> (value, out, grad)`` copies it,
-    sets the pointers and calls C.  Arrays: C-contiguous, n elements, any
-    number of dimensions."""
+    sets the pointers and calls C.  Arrays: n elements, any number of dimensions,
+    read flat in C order (a strided one is copied first)."""
     fields = ffi.new("fl_ew_args *")      # (field by field: cffi's dict initialiser is slower)
     fields.p0, fields.p1, fields.grad_scale = call.p0, call.p1, call.grad_scale
     fields.want_total = int(not call.want_out)
