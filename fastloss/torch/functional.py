@@ -15,8 +15,12 @@ gradient; the backward scales it by ``grad_output``.  With
 ``reduction="none"``, losses whose entries each depend on the whole batch (the
 pair losses, and the overlap losses under softmax across classes) accept only
 a ``grad_output`` with equal entries (per sample for the overlap losses); see
-:func:`fastloss.torch._autograd.uniform`.  Gradients are first order only
-(``create_graph`` double differentiation raises).
+:func:`fastloss.torch._ops._scale`.  Gradients are first order only
+(``create_graph=True`` through a loss raises).
+
+Every function calls its loss's PyTorch operator, ``torch.ops.fastloss.<loss>``
+(:mod:`fastloss.torch._ops`), so that torch.compile and torch.export see one
+node per loss, with exact output shapes, and no graph break.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ import torch
 import fastloss as _fl
 from fastloss._registry import REGISTRY
 
-from ._autograd import Call, apply, per_row, same, uniform
+from . import _ops
+from ._ops import SAME, UNIFORM, row
 
 __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "log_cosh_loss", "quantile_loss",
@@ -52,16 +57,17 @@ def _reduction(size_average, reduce, reduction: str) -> str:
     return _reduction.legacy_get_string(size_average, reduce)
 
 
-def _weighted(options: dict[str, Any], **tensors) -> dict[str, Any]:
-    """Options plus the optional tensors (weights) that are given, detached: fastloss
-    computes no gradient with respect to a weight."""
+def _weighted(**tensors) -> dict[str, Any]:
+    """The optional tensor options (weights) that are given: fastloss computes no
+    gradient with respect to a weight, so one that requires grad is refused."""
+    given = {}
     for name, value in tensors.items():
         if value is not None:
             if isinstance(value, Tensor) and value.requires_grad:
                 raise ValueError(f"{name}: requires grad, but fastloss computes no gradient "
                                  f"with respect to {name}; detach it ({name}.detach())")
-            options[name] = value.detach() if isinstance(value, Tensor) else value
-    return options
+            given[name] = value
+    return given
 
 
 # ---- elementwise ---------------------------------------------------------------------
@@ -70,67 +76,74 @@ def _weighted(options: dict[str, Any], **tensors) -> dict[str, Any]:
 _OF_DIFFERENCE = frozenset(r.name for r in REGISTRY.values() if r.of_difference)
 
 
-def _pointwise(core, input, target, options, names=("input", "target")) -> Tensor:
+def _pointwise(loss, input, target, options, tensor_options=None,
+               names=("input", "target")) -> Tensor:
     """One loss per element: grad_output multiplies the kept gradient as it is."""
-    return apply(Call(core, names, options, negated_target=core.__name__ in _OF_DIFFERENCE,
-                      expand=same), input, target)
+    return _ops.call(loss, (input, target), names, options, tensor_options=tensor_options,
+                     negated_target=loss in _OF_DIFFERENCE, expand=SAME)
 
 
 def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
              reduction: str = "mean", weight: Tensor | None = None, *,
              backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.mse_loss``."""
-    options = _weighted(dict(reduction=_reduction(size_average, reduce, reduction),
-                             backend=backend), weight=weight)
-    return _pointwise(_fl.mse_loss, input, target, options)
+    return _pointwise("mse_loss", input, target,
+                      dict(reduction=_reduction(size_average, reduce, reduction),
+                           backend=backend), _weighted(weight=weight))
 
 
 def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
             reduction: str = "mean", weight: Tensor | None = None, *,
             backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.l1_loss``."""
-    options = _weighted(dict(reduction=_reduction(size_average, reduce, reduction),
-                             backend=backend), weight=weight)
-    return _pointwise(_fl.l1_loss, input, target, options)
+    return _pointwise("l1_loss", input, target,
+                      dict(reduction=_reduction(size_average, reduce, reduction),
+                           backend=backend), _weighted(weight=weight))
 
 
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
                weight: Tensor | None = None, *, backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.huber_loss``."""
-    options = _weighted(dict(reduction=reduction, delta=delta, backend=backend), weight=weight)
-    return _pointwise(_fl.huber_loss, input, target, options)
+    return _pointwise("huber_loss", input, target,
+                      dict(reduction=reduction, delta=delta, backend=backend),
+                      _weighted(weight=weight))
 
 
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
                    reduction: str = "mean", beta: float = 1.0, *,
                    backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.smooth_l1_loss``."""
-    options = dict(reduction=_reduction(size_average, reduce, reduction), beta=beta,
-                   backend=backend)
-    return _pointwise(_fl.smooth_l1_loss, input, target, options)
+    return _pointwise("smooth_l1_loss", input, target,
+                      dict(reduction=_reduction(size_average, reduce, reduction), beta=beta,
+                           backend=backend))
 
 
 def log_cosh_loss(input: Tensor, target: Tensor, reduction: str = "mean",
                   weight: Tensor | None = None, *, backend: str | None = None) -> Tensor:
     """:func:`fastloss.log_cosh_loss` on tensors."""
-    options = _weighted(dict(reduction=reduction, backend=backend), weight=weight)
-    return _pointwise(_fl.log_cosh_loss, input, target, options)
+    return _pointwise("log_cosh_loss", input, target,
+                      dict(reduction=reduction, backend=backend), _weighted(weight=weight))
 
 
-def quantile_loss(input: Tensor, target: Tensor, q: float = 0.5, reduction: str = "mean",
-                  weight: Tensor | None = None, *, backend: str | None = None) -> Tensor:
+def quantile_loss(input: Tensor, target: Tensor, q: float | Tensor = 0.5,
+                  reduction: str = "mean", weight: Tensor | None = None, *,
+                  backend: str | None = None) -> Tensor:
     """:func:`fastloss.quantile_loss` on tensors (``q`` may be a tensor of levels)."""
-    options = _weighted(dict(reduction=reduction, backend=backend), weight=weight, q=q)
-    return _pointwise(_fl.quantile_loss, input, target, options)
+    options: dict[str, Any] = dict(reduction=reduction, backend=backend)
+    levels = q if isinstance(q, Tensor) else None    # a tensor of levels is an op input
+    if levels is None:
+        options["q"] = q
+    return _pointwise("quantile_loss", input, target, options,
+                      _weighted(weight=weight, q=levels))
 
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          size_average=None, reduce=None, reduction: str = "mean", *,
                          backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.binary_cross_entropy``."""
-    options = _weighted(dict(reduction=_reduction(size_average, reduce, reduction),
-                             backend=backend), weight=weight)
-    return _pointwise(_fl.binary_cross_entropy, input, target, options)
+    return _pointwise("binary_cross_entropy", input, target,
+                      dict(reduction=_reduction(size_average, reduce, reduction),
+                           backend=backend), _weighted(weight=weight))
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
@@ -139,32 +152,34 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      pos_weight: Tensor | None = None, *,
                                      backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.binary_cross_entropy_with_logits``."""
-    options = _weighted(dict(reduction=_reduction(size_average, reduce, reduction),
-                             backend=backend), weight=weight, pos_weight=pos_weight)
-    return _pointwise(_fl.binary_cross_entropy_with_logits, input, target, options)
+    return _pointwise("binary_cross_entropy_with_logits", input, target,
+                      dict(reduction=_reduction(size_average, reduce, reduction),
+                           backend=backend), _weighted(weight=weight, pos_weight=pos_weight))
 
 
 def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25,
                        gamma: float = 2, reduction: str = "none", *,
                        backend: str | None = None) -> Tensor:
     """As ``torchvision.ops.sigmoid_focal_loss`` (default ``reduction="none"``)."""
-    options = dict(alpha=alpha, gamma=gamma, reduction=reduction, backend=backend)
-    return _pointwise(_fl.sigmoid_focal_loss, inputs, targets, options, names=("inputs", "targets"))
+    return _pointwise("sigmoid_focal_loss", inputs, targets,
+                      dict(alpha=alpha, gamma=gamma, reduction=reduction, backend=backend),
+                      names=("inputs", "targets"))
 
 
 def hinge_loss(input: Tensor, target: Tensor, margin: float = 1.0, squared: bool = False,
                reduction: str = "mean", weight: Tensor | None = None, *,
                backend: str | None = None) -> Tensor:
     """:func:`fastloss.hinge_loss` on tensors (targets ±1)."""
-    options = _weighted(dict(margin=margin, squared=squared, reduction=reduction,
-                             backend=backend), weight=weight)
-    return _pointwise(_fl.hinge_loss, input, target, options)
+    return _pointwise("hinge_loss", input, target,
+                      dict(margin=margin, squared=squared, reduction=reduction,
+                           backend=backend), _weighted(weight=weight))
 
 
 # ---- multi-class: one loss per row, the class axis is 1 ------------------------------
 
-def _rows(core, input, target, options) -> Tensor:
-    return apply(Call(core, ("input", "target"), options, expand=per_row(1)), input, target)
+def _rows(loss, input, target, options, tensor_options=None) -> Tensor:
+    return _ops.call(loss, (input, target), ("input", "target"), options,
+                     tensor_options=tensor_options, expand=row(1))
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -172,30 +187,30 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   reduction: str = "mean", label_smoothing: float = 0.0, *,
                   backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.cross_entropy`` (class indices or probabilities)."""
-    options = _weighted(dict(ignore_index=ignore_index, label_smoothing=label_smoothing,
-                             reduction=_reduction(size_average, reduce, reduction),
-                             backend=backend), weight=weight)
-    return _rows(_fl.cross_entropy, input, target, options)
+    return _rows("cross_entropy", input, target,
+                 dict(ignore_index=ignore_index, label_smoothing=label_smoothing,
+                      reduction=_reduction(size_average, reduce, reduction), backend=backend),
+                 _weighted(weight=weight))
 
 
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean", *,
              backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.nll_loss``."""
-    options = _weighted(dict(ignore_index=ignore_index,
-                             reduction=_reduction(size_average, reduce, reduction),
-                             backend=backend), weight=weight)
-    return _rows(_fl.nll_loss, input, target, options)
+    return _rows("nll_loss", input, target,
+                 dict(ignore_index=ignore_index,
+                      reduction=_reduction(size_average, reduce, reduction), backend=backend),
+                 _weighted(weight=weight))
 
 
 def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float = 1.0,
                       weight: Tensor | None = None, size_average=None, reduce=None,
                       reduction: str = "mean", *, backend: str | None = None) -> Tensor:
     """As ``torch.nn.functional.multi_margin_loss``."""
-    options = _weighted(dict(p=p, margin=margin,
-                             reduction=_reduction(size_average, reduce, reduction),
-                             backend=backend), weight=weight)
-    return _rows(_fl.multi_margin_loss, input, target, options)
+    return _rows("multi_margin_loss", input, target,
+                 dict(p=p, margin=margin,
+                      reduction=_reduction(size_average, reduce, reduction), backend=backend),
+                 _weighted(weight=weight))
 
 
 def softmax_focal_loss(input: Tensor, target: Tensor, alpha: Tensor | None = None,
@@ -203,50 +218,30 @@ def softmax_focal_loss(input: Tensor, target: Tensor, alpha: Tensor | None = Non
                        ignore_index: int = -100, reduction: str = "mean", *,
                        backend: str | None = None) -> Tensor:
     """:func:`fastloss.softmax_focal_loss` on tensors."""
-    options = _weighted(dict(gamma=gamma, ignore_index=ignore_index, reduction=reduction,
-                             backend=backend), alpha=alpha, weight=weight)
-    return _rows(_fl.softmax_focal_loss, input, target, options)
+    return _rows("softmax_focal_loss", input, target,
+                 dict(gamma=gamma, ignore_index=ignore_index, reduction=reduction,
+                      backend=backend), _weighted(alpha=alpha, weight=weight))
 
 
 def multiclass_hinge_loss(input: Tensor, target: Tensor, margin: float = 1.0,
                           reduction: str = "mean", *, backend: str | None = None) -> Tensor:
     """:func:`fastloss.multiclass_hinge_loss` (Crammer–Singer) on tensors."""
-    return _rows(_fl.multiclass_hinge_loss, input, target,
+    return _rows("multiclass_hinge_loss", input, target,
                  dict(margin=margin, reduction=reduction, backend=backend))
 
 
 # ---- overlap: one loss per (sample, class), or per class with batch=True -------------
 
-def _overlap_expand(loss: str, input: Tensor, options: dict[str, Any]):
-    """grad_output of shape (N, C'), (C',) [(N,), (1,) for the generalized Dice] onto the
-    input gradient (N, C, *spatial).  Under softmax every class of a sample moves every
-    other, so a sample's entries must share one grad_output."""
-    ones = (1,) * (input.dim() - 2)
+def _overlap(loss: str, input, target, options) -> Tensor:
+    """grad_output of shape (N, C'), (C',) [(N,), (1,) for the generalized Dice] reaches
+    the input gradient (N, C, *spatial) by :func:`fastloss.torch._ops._scale`."""
+    tensor_options = _weighted(weight=options.pop("weight", None))
     classes = input.shape[1]
     skipped = 0 if options.get("include_background", True) or classes == 1 else 1
-
-    def expand(g: Tensor) -> Tensor:
-        if loss == "generalized_dice_loss":
-            return g.reshape(g.shape[0], 1, *ones)
-        g = g.reshape(-1, g.shape[-1])   # (N, C'), or (1, C') with batch=True
-        if options.get("activation") == "softmax":
-            if not bool(torch.all(g == g[:, :1])):
-                raise RuntimeError(
-                    f"{loss}: backward through reduction='none' with softmax needs equal "
-                    f"grad_output entries across the classes of each sample (a sample's "
-                    f"classes share one softmax); use reduction='sum'/'mean' or weight=")
-            return g[:, :1].reshape(g.shape[0], 1, *ones)
-        if skipped:
-            g = torch.cat([g.new_zeros(g.shape[0], skipped), g], dim=1)
-        return g.reshape(g.shape[0], classes, *ones)
-    return expand
-
-
-def _overlap(loss: str, input, target, options) -> Tensor:
-    core = getattr(_fl, loss)
-    options = _weighted(options, weight=options.pop("weight", None))
-    return apply(Call(core, ("input", "target"), options,
-                      expand=_overlap_expand(loss, input, options)), input, target)
+    expand = _ops.overlap(loss == "generalized_dice_loss",
+                          options.get("activation") == "softmax", skipped)
+    return _ops.call(loss, (input, target), ("input", "target"), options,
+                     tensor_options=tensor_options, expand=expand)
 
 
 def dice_loss(input: Tensor, target: Tensor, **options: Any) -> Tensor:
@@ -271,28 +266,27 @@ def generalized_dice_loss(input: Tensor, target: Tensor, **options: Any) -> Tens
 
 # ---- boxes: one loss per box, as torchvision.ops (default reduction="none") ----------
 
-def _boxes(core, boxes1, boxes2, reduction, eps, backend) -> Tensor:
-    return apply(Call(core, ("boxes1", "boxes2"), dict(reduction=reduction, eps=eps,
-                                                         backend=backend),
-                      expand=per_row(-1)), boxes1, boxes2)
+def _boxes(loss, boxes1, boxes2, reduction, eps, backend) -> Tensor:
+    return _ops.call(loss, (boxes1, boxes2), ("boxes1", "boxes2"),
+                     dict(reduction=reduction, eps=eps, backend=backend), expand=row(-1))
 
 
 def generalized_box_iou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none",
                              eps: float = 1e-7, *, backend: str | None = None) -> Tensor:
     """As ``torchvision.ops.generalized_box_iou_loss``; the gradient flows to boxes1."""
-    return _boxes(_fl.generalized_box_iou_loss, boxes1, boxes2, reduction, eps, backend)
+    return _boxes("generalized_box_iou_loss", boxes1, boxes2, reduction, eps, backend)
 
 
 def distance_box_iou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none",
                           eps: float = 1e-7, *, backend: str | None = None) -> Tensor:
     """As ``torchvision.ops.distance_box_iou_loss``; the gradient flows to boxes1."""
-    return _boxes(_fl.distance_box_iou_loss, boxes1, boxes2, reduction, eps, backend)
+    return _boxes("distance_box_iou_loss", boxes1, boxes2, reduction, eps, backend)
 
 
 def complete_box_iou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none",
                           eps: float = 1e-7, *, backend: str | None = None) -> Tensor:
     """As ``torchvision.ops.complete_box_iou_loss``; the gradient flows to boxes1."""
-    return _boxes(_fl.complete_box_iou_loss, boxes1, boxes2, reduction, eps, backend)
+    return _boxes("complete_box_iou_loss", boxes1, boxes2, reduction, eps, backend)
 
 
 # ---- pairwise -----------------------------------------------------------------------
@@ -304,8 +298,9 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
     """As ``torch.nn.functional.triplet_margin_loss``."""
     options = dict(margin=margin, p=p, eps=eps, swap=swap,
                    reduction=_reduction(size_average, reduce, reduction), backend=backend)
-    return apply(Call(_fl.triplet_margin_loss, ("anchor", "positive", "negative"), options,
-                      differentiable=3, expand=per_row(-1)), anchor, positive, negative)
+    return _ops.call("triplet_margin_loss", (anchor, positive, negative),
+                     ("anchor", "positive", "negative"), options, differentiable=3,
+                     expand=row(-1))
 
 
 def contrastive_loss(embeddings: Tensor, labels: Tensor, pos_margin: float = 0.0,
@@ -316,8 +311,8 @@ def contrastive_loss(embeddings: Tensor, labels: Tensor, pos_margin: float = 0.0
     options = dict(pos_margin=pos_margin, neg_margin=neg_margin, distance=distance,
                    normalize_embeddings=normalize_embeddings, reduction=reduction,
                    backend=backend)
-    return apply(Call(_fl.contrastive_loss, ("embeddings", "labels"), options,
-                      expand=uniform("contrastive_loss")), embeddings, labels)
+    return _ops.call("contrastive_loss", (embeddings, labels), ("embeddings", "labels"),
+                     options, expand=UNIFORM)
 
 
 def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 1.0,
@@ -327,8 +322,8 @@ def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
     """:func:`fastloss.batch_hard_triplet_loss` on tensors."""
     options = dict(margin=margin, distance=distance, normalize_embeddings=normalize_embeddings,
                    soft=soft, reduction=reduction, backend=backend)
-    return apply(Call(_fl.batch_hard_triplet_loss, ("embeddings", "labels"), options,
-                      expand=uniform("batch_hard_triplet_loss")), embeddings, labels)
+    return _ops.call("batch_hard_triplet_loss", (embeddings, labels), ("embeddings", "labels"),
+                     options, expand=UNIFORM)
 
 
 def info_nce_loss(query: Tensor, positive_key: Tensor, negative_keys: Tensor | None = None,
@@ -338,11 +333,10 @@ def info_nce_loss(query: Tensor, positive_key: Tensor, negative_keys: Tensor | N
     options = dict(temperature=temperature, reduction=reduction, negative_mode=negative_mode,
                    backend=backend)
     names = ("query", "positive_key", "negative_keys")
-    if negative_keys is None:
-        return apply(Call(_fl.info_nce_loss, names[:2], options, differentiable=2,
-                          expand=uniform("info_nce_loss")), query, positive_key)
-    return apply(Call(_fl.info_nce_loss, names, options, differentiable=3,
-                      expand=uniform("info_nce_loss")), query, positive_key, negative_keys)
+    tensors = (query, positive_key) if negative_keys is None else (query, positive_key,
+                                                                    negative_keys)
+    return _ops.call("info_nce_loss", tensors, names[:len(tensors)], options,
+                     differentiable=len(tensors), expand=UNIFORM)
 
 
 info_nce = info_nce_loss
@@ -351,7 +345,6 @@ info_nce = info_nce_loss
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, reduction: str = "mean", *,
                  backend: str | None = None) -> Tensor:
     """:func:`fastloss.nt_xent_loss` (SimCLR) on tensors: the two views of N samples."""
-    return apply(Call(_fl.nt_xent_loss, ("z1", "z2"),
-                      dict(temperature=temperature, reduction=reduction, backend=backend),
-                      differentiable=2, expand=uniform("nt_xent_loss")), z1, z2)
-
+    return _ops.call("nt_xent_loss", (z1, z2), ("z1", "z2"),
+                     dict(temperature=temperature, reduction=reduction, backend=backend),
+                     differentiable=2, expand=UNIFORM)
