@@ -26,9 +26,9 @@ def _op_calls(fn, args, kwargs, monkeypatch):
     seen = []
     original = _ops.invoke
 
-    def record(op, tensors, text):
-        seen.append((op, tensors, text))
-        return original(op, tensors, text)
+    def record(loss, tensors, text):
+        seen.append((getattr(torch.ops.fastloss, loss).default, tensors, text))
+        return original(loss, tensors, text)
 
     monkeypatch.setattr(_ops, "invoke", record)
     fn(*args, **kwargs)
@@ -179,3 +179,25 @@ def test_spec_strings_round_trip_across_processes():
     assert _ops.decode(text) == spec
     with pytest.raises(ValueError, match="not a fastloss op spec"):
         _ops.decode("__import__('os')")
+
+
+def test_eager_shortcut_and_the_op_agree():
+    """Eager calls on plain tensors run the op's implementation directly; a fake tensor
+    (or any mode or subclass) goes through the op, with the same shapes."""
+    x = torch.linspace(-2, 2, 12, dtype=torch.float64).reshape(4, 3).requires_grad_()
+    y = torch.tensor([0, 2, 1, 1])
+    direct = F.cross_entropy(x, y, reduction="none")
+    direct.sum().backward()
+    direct_grad, x.grad = x.grad, None
+    spec = _ops.encode(_ops.Spec(2, (), (("ignore_index", -100), ("label_smoothing", 0.0),
+                                          ("reduction", "none"), ("backend", None)),
+                                 ((0, 0),), _ops.row(1)))
+    through_op = torch.ops.fastloss.cross_entropy.default([x, y], spec)[0]
+    through_op.sum().backward()
+    torch.testing.assert_close(through_op, direct, rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, direct_grad, rtol=0, atol=0)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        fake = F.cross_entropy(mode.from_tensor(x.detach()), mode.from_tensor(y),
+                               reduction="none")
+    assert fake.shape == (4,) and fake.dtype == torch.float64
