@@ -197,7 +197,8 @@ def test_eager_shortcut_and_the_op_agree():
     torch.testing.assert_close(through_op, direct, rtol=0, atol=0)
     torch.testing.assert_close(x.grad, direct_grad, rtol=0, atol=0)
     from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode() as mode:
-        fake = F.cross_entropy(mode.from_tensor(x.detach()), mode.from_tensor(y),
-                               reduction="none")
+    mode = FakeTensorMode()
+    fake_x, fake_y = mode.from_tensor(x.detach()), mode.from_tensor(y)
+    with mode:
+        fake = F.cross_entropy(fake_x, fake_y, reduction="none")
     assert fake.shape == (4,) and fake.dtype == torch.float64
