@@ -154,8 +154,11 @@ LOSS(bce_logits)
     T lw = C(1) + (a - C(1)) * y;
     *l = (C(1) - y) * x + lw * sp;
     T inv = C(1) / (C(1) + e);
-    T sneg = x >= C(0) ? e * inv : inv; /* sigmoid(-x) */
-    *g = (C(1) - y) - lw * sneg;
+    T sig = x >= C(0) ? inv : e * inv;  /* sigmoid(x) and sigmoid(-x), both without */
+    T sneg = x >= C(0) ? e * inv : inv; /* cancellation */
+    /* d/dx = (1 - y) - lw sigmoid(-x) = (1 - y) sigmoid(x) - a y sigmoid(-x): the second
+     * form keeps the gradient at confident logits (the first is 0 below x = -17 in f32) */
+    *g = (C(1) - y) * sig - a * y * sneg;
 }
 
 /* p0 = alpha (< 0: no alpha weighting), p1 = gamma >= 0.

@@ -196,7 +196,7 @@ FL_ATTR FL_INLINE T PW(dist)(int metric, T g, double na, double nb)
     if (metric == PW_COSINE)
         return (T)1 - g;
     double s = na + nb - 2.0 * (double)g;
-    s = s > 0 ? s : 0;
+    s = s < 0 ? 0 : s;   /* (rounding below 0 clamps; NaN stays NaN) */
     return metric == PW_EUCLIDEAN ? (T)sqrt(s) : (T)s;
 }
 
@@ -335,7 +335,8 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
             for (int64_t j = 0; j < nbt; j++)
                 pr[j * PW_MR] = w[j];
             LANES_ADD(R->lanes[0], w, (int)nbt);
-        } else {   /* PW_OP_HARDEST: the first largest positive, the first smallest negative */
+        } else {   /* PW_OP_HARDEST: the first largest positive, the first smallest negative;
+                    * the first NaN distance wins either (as NumPy's argmax): nan in, nan out */
             const int32_t li = lab[i];
             for (int64_t j = 0; j < nbt; j++)
                 w[j] = PW(dist)(metric, s[j], na2, nb2 ? nb2[j] : 0.0);
@@ -344,11 +345,11 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
                     continue;
                 const double d = (double)w[j];
                 if (lab[j0 + j] == li) {
-                    if (d > R->best_pos) {
+                    if (d > R->best_pos || (d != d && R->best_pos == R->best_pos)) {
                         R->best_pos = d;
                         R->pos = j0 + j;
                     }
-                } else if (d < R->best_neg) {
+                } else if (d < R->best_neg || (d != d && R->best_neg == R->best_neg)) {
                     R->best_neg = d;
                     R->neg = j0 + j;
                 }

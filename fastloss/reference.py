@@ -136,7 +136,8 @@ def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=N
     pw = 1.0 if pos_weight is None else _f64(pos_weight)
     log_weight = 1.0 + (pw - 1.0) * y
     values = (1.0 - y) * x + log_weight * _softplus(-x)
-    grad = (1.0 - y) - log_weight * _sigmoid(-x)
+    # = (1 - y) - log_weight sigmoid(-x), without its cancellation at confident logits
+    grad = (1.0 - y) * _sigmoid(x) - pw * y * _sigmoid(-x)
     values, grad = np.broadcast_arrays(values, grad)
     return _reduce(values, grad, _f64(weight), reduction, return_grad)
 

@@ -109,3 +109,41 @@ def test_zero_weight_sum_gives_nan_mean(backend):
     x, y, w = np.ones(4), np.zeros(4), np.zeros(4)
     value, grad = _call(backend, fl.mse_loss, x, y, weight=w, return_grad=True)
     assert np.isnan(value) and np.all(np.isnan(grad))      # 0 / 0, as PyTorch
+
+
+@pytest.mark.parametrize("backend", ["c", "numba", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_with_logits_gradient_at_confident_logits(backend, dtype):
+    """d/dx is sigmoid(x) - y; written as (1 - y) - sigmoid(-x) it cancels to 0 below
+    x = -17 in float32 (-37 in float64).  Exact values from math.exp in float64."""
+    x = np.array([-10.0, -20.0, -40.0, -80.0, 10.0, 20.0, 40.0, 80.0])
+    for label in (0.0, 1.0):
+        for pos_weight in (None, np.array(2.5)):
+            a = 1.0 if pos_weight is None else 2.5
+            exact = np.array([(1 - label) / (1 + math.exp(-v)) - a * label / (1 + math.exp(v))
+                              for v in x])
+            _, grad = fl.binary_cross_entropy_with_logits(
+                x.astype(dtype), np.full(x.shape, label, dtype), pos_weight=pos_weight,
+                reduction="sum", return_grad=True, backend=backend)
+            rtol = 1e-5 if dtype == np.float32 else 1e-13
+            tiny = np.abs(exact) < np.finfo(dtype).tiny   # exact value below float32's range
+            np.testing.assert_allclose(grad[~tiny], exact[~tiny], rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["c", "numba", "numpy"])
+def test_nan_embeddings_give_nan_on_every_pairwise_path(backend):
+    """A NaN coordinate makes its row's and column's distances NaN (a max(d, 0) clamp
+    used to drop it to 0 on C), and every pair loss that reads them NaN."""
+    e = np.array([[0.0, 0.0], [3.0, 4.0], [np.nan, 1.0], [1.0, 1.0]])
+    labels = np.array([0, 1, 0, 1])
+    d = fl.pairwise_distances(e, backend=backend)
+    assert np.isnan(d[2, [0, 1, 3]]).all() and np.isnan(d[[0, 1, 3], 2]).all()
+    assert d[0, 1] == pytest.approx(5.0)
+    with np.errstate(invalid="ignore"):
+        for soft in (False, True):
+            rows = fl.batch_hard_triplet_loss(e, labels, soft=soft, reduction="none",
+                                              backend=backend)
+            assert np.isnan(rows).all()    # every row has row 2 as a positive or negative
+        assert np.isnan(fl.contrastive_loss(e, labels, backend=backend))
+        assert np.isnan(fl.contrastive_loss(e, labels, normalize_embeddings=False,
+                                            backend=backend))

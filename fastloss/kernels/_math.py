@@ -87,10 +87,14 @@ def bce(x, y, a, p0, p1):
 def bce_logits(x, y, a, p0, p1):
     e = exp(-abs(x))
     log1pe = log1p(e)
-    sig_neg = e / (1.0 + e) if x >= 0.0 else 1.0 / (1.0 + e)   # sigmoid(-x)
+    inv = 1.0 / (1.0 + e)
+    sig = inv if x >= 0.0 else e * inv        # sigmoid(x), no cancellation on either side
+    sig_neg = e * inv if x >= 0.0 else inv    # sigmoid(-x)
     lw = 1.0 + (a - 1.0) * y
     softplus_neg = max(-x, 0.0) + log1pe
-    return (1.0 - y) * x + lw * softplus_neg, (1.0 - y) - lw * sig_neg
+    # d/dx = (1 - y) - lw sigmoid(-x), written as (1 - y) sigmoid(x) - a y sigmoid(-x):
+    # the same value, without the cancellation that loses it at confident logits
+    return (1.0 - y) * x + lw * softplus_neg, (1.0 - y) * sig - a * y * sig_neg
 
 
 def _logaddexp(u, v):

@@ -97,8 +97,9 @@ def contrastive_weight(d, c, metric):
 
 def better(d, best, idx, maximize):
     """Does d replace the best so far (idx < 0: none yet)?  Strict: ties keep the
-    earlier (smaller) column."""
-    if idx < 0:
+    earlier (smaller) column.  The first NaN wins and stays (as NumPy's argmax):
+    nan in, nan out."""
+    if idx < 0 or (d != d and best == best):
         return True
     return d > best if maximize else d < best
 
