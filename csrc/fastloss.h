@@ -18,6 +18,10 @@
     X(cross_entropy) X(cross_entropy_prob) X(nll) X(softmax_focal) X(multi_margin) \
     X(crammer_singer)
 
+/* ignore_index of the losses that have none: the label scans check a label
+ * equal to it like any other (int64 labels can hold it) */
+#define FL_NO_IGNORE INT64_MIN
+
 /* FL_CDEF_BEGIN */
 /* Arguments of one elementwise call.  Every array holds n elements of the
  * call's dtype, contiguous.  Pointers that may be NULL say so. */

@@ -211,14 +211,14 @@ typedef struct {
         IT bad = 0, valid = 0;                                                        \
         for (int r = 0; r < m; r++) {                                                 \
             const IT y = (IT)b[r];                                                    \
-            const IT keep = y != ig;                                                  \
+            const IT keep = y != ig || no_ignore;                                     \
             bad |= keep & (y < 0 || y >= cl);                                         \
             valid += keep;                                                            \
         }                                                                             \
         if (bad)                                                                      \
             for (int r = 0; r < m; r++) {                                             \
                 const int64_t y = (int64_t)b[r];                                      \
-                if (y != ignore_index && (y < 0 || y >= classes)) {                   \
+                if ((y != ignore_index || no_ignore) && (y < 0 || y >= classes)) {    \
                     out->bad = r0 + r;                                                \
                     return;                                                           \
                 }                                                                     \
@@ -239,6 +239,8 @@ static void rw_scan_block(int label_type, const void *labels, int64_t r0, int m,
     double ws = 0.0;
     out->bad = -1;
     out->count = 0;
+    /* no ignore_index: a label equal to the sentinel is checked like any other */
+    const int no_ignore = ignore_index == FL_NO_IGNORE;
     /* int32 checks where they are exact: int32 labels with an ignore_index in
      * int32 range, and uint8 labels (whose ignore_index, if outside 0..255,
      * can match nothing: -1 stands for it); classes clamp to INT32_MAX */

@@ -1,11 +1,13 @@
 """Bad input to the multi-class losses: a clear error naming the argument, raised
 before any kernel runs, whatever the backend."""
+import re
+
 import numpy as np
 import pytest
 
 import fastloss as fl
 
-from conftest import backend_param, to_device
+from conftest import backend_param, to_device, to_host
 
 HOST_BACKENDS = [backend_param(b) for b in ("c", "numba", "numpy")]
 
@@ -154,3 +156,43 @@ def test_gpu_and_host_mixed(backend):
     y[1, 1] = 9
     with pytest.raises(ValueError, match=r"class index 9 at position \(1, 1\)"):
         fl.cross_entropy(to_device(_x()), to_device(y))
+
+
+ALL_BACKENDS = [backend_param(b) for b in ("c", "numba", "numpy", "cuda")]
+INTEGER_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+                  np.uint64]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("loss", ["cross_entropy", "dice_loss"])
+def test_labels_at_the_ends_of_every_integer_dtype_are_reported(backend, dtype, loss):
+    """The extremes of each label dtype are out of range and reported with their own
+    value: none wraps to ignore_index on the way to the kernel (uint64 2**64 - 100
+    once read as -100 and was silently ignored)."""
+    info = np.iinfo(dtype)
+    ends = sorted({info.min, info.max, info.max - 99} - {0, 1})
+    x = _x((4, 3)) if loss == "cross_entropy" else _x((2, 3, 4))
+    if backend == "cuda" and loss == "dice_loss" and dtype not in (np.int32, np.int64,
+                                                                   np.uint8):
+        # the GPU overlap kernels read these three label dtypes; others are refused
+        # (a conversion would be a hidden copy on the device)
+        with pytest.raises(TypeError, match=rf"target: labels of dtype {np.dtype(dtype)} "
+                                            r"not supported .*labels: int32, int64, uint8"):
+            fl.dice_loss(to_device(x), to_device(np.zeros((2, 4), dtype)), backend=backend)
+        return
+    if dtype == np.uint64:
+        ends += [2**63, 2**64 - 100]
+    for end in ends:
+        y = np.array([0, 1, 2, 1] if loss == "cross_entropy" else [[0, 1, 2, 1]] * 2, dtype)
+        position = (1,) if loss == "cross_entropy" else (0, 1)
+        y[position] = end
+        args = (to_device(x), to_device(y)) if backend == "cuda" else (x, y)
+        with pytest.raises(ValueError, match=rf"class index {end} at position "
+                                             rf"{re.escape(str(position))} is outside"):
+            getattr(fl, loss)(*args, backend=backend)
+        y[position] = 2      # and in range, the dtype computes what int64 labels do
+        args = (to_device(x), to_device(y)) if backend == "cuda" else (x, y)
+        want = getattr(fl, loss)(x, y.astype(np.int64), backend="numpy")
+        np.testing.assert_allclose(np.asarray(to_host(getattr(fl, loss)(*args, backend=backend))),
+                                   want, rtol=1e-12)

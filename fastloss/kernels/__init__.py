@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 
 class BuildOnce:
     """Kernels compiled lazily, once: ``get(key, build)`` runs ``build()`` the
@@ -67,9 +69,23 @@ class ElementwiseCall:
     total_scale: float        # value = total_scale * sum(weight * loss)
 
 
+#: ignore_index of the losses that have none (csrc's FL_NO_IGNORE): the label
+#: scans check a label equal to it like any other, since int64 labels can hold it
+NO_IGNORE = -(2 ** 63)
+
 #: label dtypes every row-wise kernel reads as they are; the loss layer
 #: converts host labels of other integer dtypes to int64, once per call
 LABEL_DTYPES = ("int32", "int64", "uint8")
+
+
+def labels_as_int64(labels):
+    """Host labels of another integer dtype as an int64 copy.  uint64 values past
+    int64's range become int64's max instead of wrapping to negatives (2**64 - 100
+    would read as ignore_index=-100): still out of range, so the label check
+    reports them with their original value."""
+    if labels.dtype == np.uint64:
+        labels = np.minimum(labels, np.iinfo(np.int64).max)
+    return labels.astype(np.int64)
 
 
 @dataclass(slots=True)

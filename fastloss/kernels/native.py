@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._plans import PlanCache
+from . import labels_as_int64
 
 try:
     from .. import _native  # type: ignore[attr-defined]  # the compiled cffi module
@@ -100,7 +101,7 @@ def _labels(target):
     """Labels and their type id.  The loss layer hands over kernels.LABEL_DTYPES
     only; a direct caller's other dtypes are converted (a copy)."""
     if target.dtype not in _LABEL_TYPES:
-        target = target.astype(np.int64)
+        target = labels_as_int64(target)
     return target, _LABEL_TYPES[target.dtype]
 
 

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from . import BuildOnce, labels_checked_first
+from . import NO_IGNORE, BuildOnce, labels_as_int64, labels_checked_first
 
 BLOCK = 16384   # elements per block: the unit of work and of summation
 CHUNK = 1024    # elements per inner pass: the scratch buffers stay in L1
@@ -957,7 +957,7 @@ def _labels_int64(target):
     """Labels as a flat int64 array: a copy (O(rows)) only for another dtype, so
     the kernels are compiled for one label type."""
     t = np.ascontiguousarray(target).reshape(-1)
-    return t if t.dtype == np.int64 else t.astype(np.int64)
+    return t if t.dtype == np.int64 else labels_as_int64(t)
 
 
 def rowwise(call):
@@ -1017,7 +1017,7 @@ def _build_scan(parallel):
         count = 0
         for r in range(lo, hi):
             y = t[r]
-            if y == ignore:
+            if y == ignore and ignore != NO_IGNORE:
                 continue
             if y < 0 or y >= classes:
                 return r, ws, count

@@ -18,7 +18,7 @@ import numpy as np
 # used): the simulator swaps the module-global ``cuda`` inside kernels.
 from numba import cuda, float64, int64
 
-from . import BuildOnce, labels_checked_first
+from . import NO_IGNORE, BuildOnce, labels_checked_first
 
 _built = BuildOnce()
 
@@ -568,7 +568,10 @@ def _build_row_shared():
         i = cuda.grid(1)
         while i < n:
             y = int64(t[i])
-            if y != ignore:
+            # a uint64 label >= 2**63 wraps to a negative y, maybe ignore itself:
+            # t[i] != ignore compares the label's own value, so it is reported;
+            # without an ignore_index, a label equal to the sentinel is too
+            if y != ignore or t[i] != ignore or ignore == NO_IGNORE:
                 if y < 0 or y >= classes:
                     if i < best:
                         best = float64(i)

@@ -25,7 +25,8 @@ from .._validate import (FLOAT_DTYPES, REDUCTIONS, ArrayMeta, check_bool, check_
 from .._plans import PlanCache
 from .._registry import records
 from ..kernels import (LABEL_DTYPES, MEAN_BY_COUNT, MEAN_BY_NONE, MEAN_BY_WEIGHT,
-                       RowwiseCall, rowwise_launcher)
+                       NO_IGNORE as _NO_IGNORE, RowwiseCall, labels_as_int64,
+                       rowwise_launcher)
 
 __all__ = ["cross_entropy", "nll_loss", "softmax_focal_loss", "multi_margin_loss",
            "multiclass_hinge_loss", "MULTICLASS_LOSSES", "MEAN_DIVIDES_BY"]
@@ -38,7 +39,6 @@ MULTICLASS_LOSSES = {r.name: r.kernels for r in records("multiclass")}
 #: targets), "valid" the number of non-ignored targets, "rows" the number of rows
 MEAN_DIVIDES_BY = {r.name: r.mean for r in records("multiclass")}
 
-_NO_IGNORE = -(2 ** 63)
 _LABEL_DTYPES = frozenset(np.dtype(name) for name in LABEL_DTYPES)
 
 #: how "mean" divides the sum of the row values, per loss: "weight" the weights of the
@@ -202,7 +202,7 @@ def _run(public, input, target, *, reduction, return_grad, backend, weight=None,
         if plan.prob and t_dtype != dtype:
             t_flat = np.ascontiguousarray(t_array, dtype)
         elif not plan.prob and t_dtype not in _LABEL_DTYPES:
-            t_flat = t_array.astype(np.int64)    # once, for the label check and the kernel
+            t_flat = labels_as_int64(t_array)    # once, for the label check and the kernel
     value, out, grad, bad = launch(x_flat, t_flat, weight, alpha)
     if bad >= 0:
         _raise_bad_label(t if t is not None else ArrayMeta(t_array, "target"), bad,
@@ -235,7 +235,8 @@ def _run_reference(public, plan, x_array, t_array, weight, alpha, reduction, ret
 
 def _scan_labels_numpy(t: ArrayMeta, classes, ignore):
     labels = np.asarray(t.array).reshape(-1)
-    bad = (labels != ignore) & ((labels < 0) | (labels >= classes))
+    checked = (labels != ignore) if ignore != _NO_IGNORE else True
+    bad = checked & ((labels < 0) | (labels >= classes))
     if bad.any():
         _raise_bad_label(t, int(np.argmax(bad)), classes, ignore)
 

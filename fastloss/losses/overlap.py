@@ -28,7 +28,7 @@ from .. import _dispatch, reference
 from .._validate import (ArrayMeta, check_bool, check_input, check_positive, check_real,
                          check_reduction, check_same_place, REDUCTIONS)
 from .._registry import records
-from ..kernels import LABEL_DTYPES, OverlapCall
+from ..kernels import LABEL_DTYPES, OverlapCall, labels_as_int64
 from .multiclass import (_LABEL_DTYPES, _check_int, _layout, _raise_bad_label, _scan_labels_numpy,
                          _NO_IGNORE)
 
@@ -249,7 +249,7 @@ def _select(v: _Volume, backend):
     elif v.kind == "labels":
         flat = _layout(t, "target")          # (labels: t_array is t's array)
         if not t.on_gpu and flat.dtype not in _LABEL_DTYPES:
-            flat = flat.astype(np.int64)
+            flat = labels_as_int64(flat)
         first, _, _ = module.scan_labels(flat, classes, v.ignore, None)
         if first >= 0:
             _raise_bad_label(t, first, classes, v.ignore)
