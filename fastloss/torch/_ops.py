@@ -36,6 +36,8 @@ import fastloss as _fl
 from fastloss._convert import _numpy_view
 from fastloss._registry import REGISTRY
 
+from . import _second_order
+
 Tensor = torch.Tensor
 
 #: where a kept gradient comes from: the core's gradient of that index, or this
@@ -155,28 +157,32 @@ def _tensor(result: Any, on_host: bool) -> Tensor:
 
 class _Fused(torch.autograd.Function):
     """The loss with gradients (``run``: the op below autograd, or in eager mode the
-    implementation itself), its gradients kept for the backward."""
+    implementation itself), its gradients kept for the backward.  The losses with a
+    differentiable formula (:mod:`._second_order`) also keep their inputs, for a
+    backward that builds a graph."""
 
     @staticmethod
     def forward(ctx, run, loss: str, text: str, *tensors):
         out = run(list(tensors), text)
         kept = out[1:]
         ctx.mark_non_differentiable(*kept)
-        ctx.save_for_backward(*kept)
+        if loss in _second_order.FORMULAS:
+            ctx.save_for_backward(*kept, *tensors)
+        else:
+            ctx.save_for_backward(*kept)
         ctx.loss, ctx.spec, ctx.count = loss, decode(text), len(tensors)
         return tuple(out)
 
     @staticmethod
     def backward(ctx, grad_value, *_unused):
-        if torch.is_grad_enabled():
-            # create_graph=True: the kept gradient has no graph, so a second-order
-            # gradient through it would be silently zero
-            raise RuntimeError(
-                f"{ctx.loss}: fastloss computes first-order gradients only, and a graph of "
-                f"this gradient was requested (create_graph=True, a Hessian, gradgradcheck); "
-                f"use torch.nn.functional's loss where second-order gradients are needed")
         grads: list[Tensor | None] = [None] * ctx.count
-        kept = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: the kept gradient has no graph, so it is recomputed
+            # from a differentiable formula, or refused (it would differentiate to 0)
+            for (index, _), g in zip(ctx.spec.grads, _graph_gradients(ctx, grad_value)):
+                grads[index] = g
+            return (None, None, None, *grads)
+        kept = ctx.saved_tensors[:len(ctx.spec.grads)]
         # loss.backward() on the host (grad_output 1): the kept gradient is the answer.
         # Autograd copies a returned tensor before it accumulates into it while the
         # graph still holds it, so the kept one is never changed.  (Only for a plain
@@ -188,6 +194,24 @@ class _Fused(torch.autograd.Function):
             for (index, _), g in zip(ctx.spec.grads, kept):
                 grads[index] = g * _scale(ctx.loss, ctx.spec.expand, grad_value, g)
         return (None, None, None, *grads)
+
+
+def _graph_gradients(ctx, grad_value: Tensor) -> tuple[Tensor, ...]:
+    """The gradients with a graph (for second order), from the loss's formula."""
+    spec: Spec = ctx.spec
+    options = dict(spec.options)
+    if not _second_order.has_formula(ctx.loss, options):
+        supported = ", ".join(sorted(_second_order.FORMULAS))
+        raise RuntimeError(
+            f"{ctx.loss}: a graph of this gradient was requested (create_graph=True, a "
+            f"Hessian, gradgradcheck), but fastloss has second-order gradients only for "
+            f"{supported}; use torch.nn.functional's loss where "
+            f"second-order gradients are needed")
+    inputs = ctx.saved_tensors[len(spec.grads):]
+    names = [*("input", "target")[:spec.positional], *spec.keywords]
+    wanted = [names[index] for index, _ in spec.grads]
+    return _second_order.gradients(ctx.loss, dict(zip(names, inputs)), options, wanted,
+                                   grad_value)
 
 
 def _is_one(grad_output: Tensor) -> bool:

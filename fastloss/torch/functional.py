@@ -15,8 +15,10 @@ gradient; the backward scales it by ``grad_output``.  With
 ``reduction="none"``, losses whose entries each depend on the whole batch (the
 pair losses, and the overlap losses under softmax across classes) accept only
 a ``grad_output`` with equal entries (per sample for the overlap losses); see
-:func:`fastloss.torch._ops._scale`.  Gradients are first order only
-(``create_graph=True`` through a loss raises).
+:func:`fastloss.torch._ops._scale`.  Second-order gradients
+(``create_graph=True``) exist for the elementwise losses, cross_entropy and
+nll_loss (:mod:`fastloss.torch._second_order`); through any other loss,
+``create_graph=True`` raises.
 
 Every function calls its loss's PyTorch operator, ``torch.ops.fastloss.<loss>``
 (:mod:`fastloss.torch._ops`), so that torch.compile and torch.export see one
