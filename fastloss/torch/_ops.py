@@ -125,8 +125,14 @@ def _fake(loss: str):
 
 # ---- the real implementation: the core loss on the tensors' memory --------------------
 
+#: floating dtypes the kernels do not take: computed in float32, results in their dtype
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def _impl(loss: str):
     def impl(tensors: list[Tensor], text: str) -> list[Tensor]:
+        if any(t.dtype in HALF_DTYPES for t in tensors):
+            return _in_float32(impl, tensors, text)
         core = getattr(_fl, loss)   # (looked up per call: a test may wrap it)
         spec = decode(text)
         on_host = tensors[0].device.type == "cpu"
@@ -147,6 +153,18 @@ def _impl(loss: str):
             kept.append(-grad if source == NEGATED_INPUT_GRAD else grad)
         return [_tensor(value, on_host), *kept]
     return impl
+
+
+def _in_float32(impl, tensors: list[Tensor], text: str) -> list[Tensor]:
+    """float16 / bfloat16 tensors given directly: the math in float32 (as PyTorch's
+    CPU losses do internally), the value in the input's dtype and each gradient in
+    its tensor's dtype."""
+    wide = [t.float() if t.dtype in HALF_DTYPES else t for t in tensors]
+    value, *grads = impl(wide, text)
+    out = [value.to(tensors[0].dtype)]
+    for (index, _), grad in zip(decode(text).grads, grads):
+        out.append(grad.to(tensors[index].dtype))
+    return out
 
 
 def _tensor(result: Any, on_host: bool) -> Tensor:
@@ -326,6 +344,11 @@ def _define_losses() -> None:
         _LIB.impl(loss, impl, "CUDA")
         _LIB.impl(loss, _autograd(loss, op), "Autograd")
         torch.library.register_fake(f"fastloss::{loss}", _fake(loss), lib=_LIB)
+        # under autocast, float16/bfloat16 tensors are cast to float32 and the loss is
+        # float32, as autocast does for PyTorch's own losses (its fp32 op list)
+        for device in ("cpu", "cuda"):
+            torch.library.register_autocast(f"fastloss::{loss}", device, torch.float32,
+                                            lib=_LIB)
 
 
 def _define_checks() -> None:
@@ -396,8 +419,9 @@ def invoke(loss: str, tensors: list[Tensor], text: str) -> Tensor:
 
 
 def _plain(tensors: list[Tensor]) -> bool:
-    if _dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled():
-        return False
+    if (_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
+            or torch._C._is_any_autocast_enabled()):
+        return False   # (autocast: the op's autocast kernel casts the inputs)
     for t in tensors:
         if type(t) is not Tensor or _wrapped(t):
             return False
