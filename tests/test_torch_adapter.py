@@ -574,3 +574,39 @@ def test_cuda_tensors_stay_on_the_device():
     value.backward()
     _, ref = fl.mse_loss(x, y, return_grad=True)
     np.testing.assert_allclose(xt.grad.cpu().numpy(), ref, rtol=1e-5, atol=1e-7)
+
+
+# ---- defects found by a hostile user (issue 17) -------------------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_quantile_row_target_gets_its_gradient(reduction):
+    """A target of shape input.shape[:-1] (one per row, against every quantile) gets
+    a gradient of its own shape: the input's, negated and summed over the row."""
+    rng = np.random.default_rng(8)
+    x, y = leaf(rng.standard_normal((4, 3))), leaf(rng.standard_normal(4))
+    q = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: F.quantile_loss(a, b, q=q,
+                                                                 reduction=reduction), (x, y))
+    value = F.quantile_loss(x, y, q=q, reduction=reduction)
+    gx, gy = grads_of(value, (x, y), random_like(value))
+    assert gy.shape == y.shape
+    wide = leaf(y.detach().numpy()[:, None].repeat(3, 1))
+    (g_wide,) = grads_of(F.quantile_loss(x, wide, q=q, reduction=reduction), (wide,),
+                         random_like(value))
+    assert_same(gy, g_wide.sum(1))
+
+
+def test_a_hook_that_changes_its_gradient_in_place_is_harmless():
+    """loss.backward() hands autograd the kept gradient without a copy; a hook may
+    then change it in place, so the next backward (retain_graph) must not see that."""
+    x, y = testing.make_inputs("mse_loss", (5, 4), np.float64)
+    grads = []
+    for mse_loss in (F.mse_loss, TF.mse_loss):
+        xt = leaf(x)
+        xt.register_hook(lambda g: g.mul_(2))
+        value = mse_loss(xt, leaf(y, False))
+        value.backward(retain_graph=True)
+        value.backward(retain_graph=True)
+        (3.0 * value).backward()
+        grads.append(xt.grad)
+    assert_same(grads[0], grads[1])

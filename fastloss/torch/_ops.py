@@ -113,13 +113,20 @@ def value_shape(loss: str, spec: Spec, tensors: Sequence[Tensor]) -> tuple[Any, 
     return (first.shape[0],)        # the other pairwise losses: one value per row
 
 
+def _kept_shape(tensors: list[Tensor], index: int, source: int) -> torch.Size:
+    """A kept gradient's shape: its tensor's, but the input's for a target's gradient
+    taken from the input's (the backward sums it to the target's shape, after
+    grad_output has scaled it)."""
+    return tensors[0 if source == NEGATED_INPUT_GRAD else index].shape
+
+
 def _fake(loss: str):
     def fake(tensors: list[Tensor], text: str) -> list[Tensor]:
         spec = decode(text)
         first = tensors[0]
         value = first.new_empty(value_shape(loss, spec, tensors))
-        return [value, *(tensors[index].new_empty(tensors[index].shape)
-                         for index, _ in spec.grads)]
+        return [value, *(tensors[index].new_empty(_kept_shape(tensors, index, source))
+                         for index, source in spec.grads)]
     return fake
 
 
@@ -148,11 +155,21 @@ def _impl(loss: str):
         if not isinstance(grads, tuple):
             grads = (grads,)
         kept = []
-        for _, source in spec.grads:
+        for index, source in spec.grads:
             grad = _tensor(grads[0 if source == NEGATED_INPUT_GRAD else source], on_host)
             kept.append(-grad if source == NEGATED_INPUT_GRAD else grad)
         return [_tensor(value, on_host), *kept]
     return impl
+
+
+def _sum_to_target(grad: Tensor, shape: torch.Size) -> Tensor:
+    """The target's gradient from the input's: summed over the axes the target was
+    broadcast along (quantile_loss's row target, input.shape[:-1], is one per row)."""
+    if grad.shape == shape:
+        return grad
+    if tuple(shape) == tuple(grad.shape[:-1]):
+        return grad.sum(-1)
+    return grad.sum_to_size(shape)
 
 
 def _in_float32(impl, tensors: list[Tensor], text: str) -> list[Tensor]:
@@ -175,20 +192,20 @@ def _tensor(result: Any, on_host: bool) -> Tensor:
 
 class _Fused(torch.autograd.Function):
     """The loss with gradients (``run``: the op below autograd, or in eager mode the
-    implementation itself), its gradients kept for the backward.  The losses with a
-    differentiable formula (:mod:`._second_order`) also keep their inputs, for a
-    backward that builds a graph."""
+    implementation itself), its gradients kept for the backward, its inputs saved
+    for a backward that must recompute them (see backward) or build a graph
+    (:mod:`._second_order`)."""
 
     @staticmethod
     def forward(ctx, run, loss: str, text: str, *tensors):
         out = run(list(tensors), text)
         kept = out[1:]
         ctx.mark_non_differentiable(*kept)
-        if loss in _second_order.FORMULAS:
-            ctx.save_for_backward(*kept, *tensors)
-        else:
-            ctx.save_for_backward(*kept)
+        ctx.save_for_backward(*tensors)
+        ctx.kept = kept
+        ctx.run, ctx.text = run, text
         ctx.loss, ctx.spec, ctx.count = loss, decode(text), len(tensors)
+        ctx.shapes = [t.shape for t in tensors]
         return tuple(out)
 
     @staticmethod
@@ -200,17 +217,22 @@ class _Fused(torch.autograd.Function):
             for (index, _), g in zip(ctx.spec.grads, _graph_gradients(ctx, grad_value)):
                 grads[index] = g
             return (None, None, None, *grads)
-        kept = ctx.saved_tensors[:len(ctx.spec.grads)]
-        # loss.backward() on the host (grad_output 1): the kept gradient is the answer.
-        # Autograd copies a returned tensor before it accumulates into it while the
-        # graph still holds it, so the kept one is never changed.  (Only for a plain
-        # eager tensor: reading a traced or CUDA one is not done.)
-        if type(grad_value) is Tensor and _is_one(grad_value):
-            for (index, _), g in zip(ctx.spec.grads, kept):
-                grads[index] = g
-        else:
-            for (index, _), g in zip(ctx.spec.grads, kept):
-                grads[index] = g * _scale(ctx.loss, ctx.spec.expand, grad_value, g)
+        kept = ctx.kept
+        if kept is None:    # handed to autograd by an earlier backward (retain_graph)
+            kept = ctx.run(list(ctx.saved_tensors), ctx.text)[1:]
+        # loss.backward() on the host (grad_output 1): the kept gradient is the answer,
+        # handed to autograd without a copy.  Autograd then owns it (x.grad may be it,
+        # a hook may change it in place), so it is dropped here and a later backward
+        # recomputes it.  (Only for a plain eager tensor: a traced one is not read.)
+        one = type(grad_value) is Tensor and _is_one(grad_value)
+        if one:
+            ctx.kept = None
+        for (index, source), g in zip(ctx.spec.grads, kept):
+            if not one:
+                g = g * _scale(ctx.loss, ctx.spec.expand, grad_value, g)
+            if source == NEGATED_INPUT_GRAD:
+                g = _sum_to_target(g, ctx.shapes[index])
+            grads[index] = g
         return (None, None, None, *grads)
 
 
@@ -225,7 +247,7 @@ def _graph_gradients(ctx, grad_value: Tensor) -> tuple[Tensor, ...]:
             f"Hessian, gradgradcheck), but fastloss has second-order gradients only for "
             f"{supported}; use torch.nn.functional's loss where "
             f"second-order gradients are needed")
-    inputs = ctx.saved_tensors[len(spec.grads):]
+    inputs = ctx.saved_tensors
     names = [*("input", "target")[:spec.positional], *spec.keywords]
     wanted = [names[index] for index, _ in spec.grads]
     return _second_order.gradients(ctx.loss, dict(zip(names, inputs)), options, wanted,

@@ -71,7 +71,10 @@ def _log_cosh(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
 
 def _quantile(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     q = t["q"] if "q" in t else float(o.get("q", 0.5))
-    r = t["target"] - t["input"]
+    x, y = t["input"], t["target"]
+    if y.dim() == x.dim() - 1:      # one target per row, against every quantile
+        y = y.unsqueeze(-1)
+    r = y - x
     # max(q r, (q - 1) r) written with |r|: its backward keeps a graph (sgn), so the
     # gradient can be differentiated again (to 0) like torch's own l1_loss
     values = 0.5 * r.abs() + (q - 0.5) * r
