@@ -45,8 +45,10 @@ __all__ = [
 
 def set_num_threads(n: int | None) -> int:
     """Threads for the CPU kernels (C and Numba).  ``None``/0 restores the default:
-    ``OMP_NUM_THREADS``, else the CPUs this process may run on.  Results do not
-    depend on it (fixed-block float64 sums).  Returns the count in effect."""
+    ``OMP_NUM_THREADS``, else the CPUs this process may run on.  Counts above 256
+    (the C pool's limit) give 256; the Numba kernels use at most
+    ``NUMBA_NUM_THREADS`` of them (fixed when Numba loads).  Results do not depend
+    on it (fixed-block float64 sums).  Returns the count in effect for C."""
     from . import _threads
     return _threads.set(n)
 

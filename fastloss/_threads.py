@@ -1,7 +1,11 @@
 """The thread count shared by the C and Numba CPU backends."""
 from __future__ import annotations
 
+import operator
 import os
+
+#: the C pool's limit (csrc/threads.c FL_MAX_THREADS): larger requests get this many
+MAX_THREADS = 256
 
 _count: int | None = None
 
@@ -17,15 +21,28 @@ def _default() -> int:
 
 
 def get() -> int:
-    return _count if _count is not None else _default()
+    """The count in force for the C kernels (the Numba ones use at most
+    ``NUMBA_NUM_THREADS`` of it)."""
+    return min(_count if _count is not None else _default(), MAX_THREADS)
 
 
 def set(n: int | None) -> int:
     """Set the thread count for the CPU kernels; None or 0 restores the default
-    (``OMP_NUM_THREADS``, else the CPUs this process may use)."""
+    (``OMP_NUM_THREADS``, else the CPUs this process may use).  Counts above
+    MAX_THREADS give MAX_THREADS.  Checked before anything is stored."""
     global _count
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-        raise ValueError(f"n: expected a thread count ≥ 1 (or 0/None for the default), got {n!r}")
+    if n is not None:
+        try:
+            if isinstance(n, bool):
+                raise TypeError
+            n = operator.index(n)       # any integer type (np.int64 too), not 2.0
+        except TypeError:
+            raise ValueError(f"n: expected a thread count ≥ 1 (or 0/None for the default), "
+                             f"got {n!r} ({type(n).__name__})") from None
+        if n < 0:
+            raise ValueError(f"n: expected a thread count ≥ 1 (or 0/None for the default), "
+                             f"got {n}")
+        n = min(n, MAX_THREADS)
     _count = n or None
     from .kernels import native
     if native.unavailable_reason() is None:

@@ -184,6 +184,17 @@ def test_edge_cases(backend):
           np.float64, 1)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("backend", HOST + CUDA + ["numpy"])
+def test_info_nce_with_no_paired_negatives(backend, reduction):
+    """(N, 0, D) paired negatives: only the positive in each softmax, loss 0 (as
+    info-nce-pytorch); the C and Numba paths once failed in a reshape of size 0."""
+    rng = np.random.default_rng(6)
+    q, k = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    check("info_nce_loss", (q, k, np.zeros((4, 0, 3))),
+          dict(negative_mode="paired", reduction=reduction), backend, np.float64, 3)
+
+
 @pytest.mark.parametrize("backend", HOST)
 def test_triplet_one_dimensional_inputs(backend):
     rng = np.random.default_rng(4)

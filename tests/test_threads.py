@@ -38,6 +38,23 @@ def test_thread_count_default_and_bad_values(monkeypatch):
         fl.set_num_threads(-2)
 
 
+@pytest.mark.skipif(not available("c"), reason="needs the C backend")
+def test_thread_count_is_checked_before_it_is_stored_and_reports_what_is_in_force():
+    """2**40 once raised OverflowError after storing itself, and 1000 was reported
+    while the C pool ran 256: now the count reported is the one the C pool has."""
+    from fastloss.kernels import native
+    fl.set_num_threads(2)
+    for bad in (2.0, True, "3", -1):
+        with pytest.raises(ValueError, match="n: expected a thread count"):
+            fl.set_num_threads(bad)
+        assert fl.get_num_threads() == native.lib.fl_get_num_threads() == 2
+    for big in (1000, 2**40):
+        assert fl.set_num_threads(big) == fl.get_num_threads() == 256
+        assert native.lib.fl_get_num_threads() == 256
+    assert fl.set_num_threads(np.int64(3)) == native.lib.fl_get_num_threads() == 3
+    fl.set_num_threads(None)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_concurrent_calls_from_python_threads(backend):
     inputs = [make_inputs(CASES["log_cosh_loss"], 400_003, np.float32, seed=s) for s in range(4)]

@@ -669,16 +669,16 @@ def info_nce_loss(query: ArrayLike, positive_key: ArrayLike,
     qh, q_len = batch.normalized(q)
     kh, k_len = batch.normalized(k)
     if neg is not None and negative_mode == "paired":
-        m = neg.shape[1]
-        nh, n_len = batch.normalized(neg.reshape(n * m, -1))
+        m, d = neg.shape[1], neg.shape[2]     # (explicit d: m may be 0)
+        nh, n_len = batch.normalized(neg.reshape(n * m, d))
         gain = 1.0 / n if reduction == "mean" and n else 1.0
-        losses, grads = mod.info_nce_paired(qh, kh, nh.reshape(n, m, -1), scale, return_grad,
+        losses, grads = mod.info_nce_paired(qh, kh, nh.reshape(n, m, d), scale, return_grad,
                                             gain)
         value = batch.value(_reduce_rows(losses, reduction)[0])
         if not return_grad:
             return value
         gq, gk, gn = grads
-        gn = batch.back(gn.reshape(n * m, -1), nh, n_len).reshape(neg.shape)
+        gn = batch.back(gn.reshape(n * m, d), nh, n_len).reshape(neg.shape)
         return value, (batch.back(gq, qh, q_len), batch.back(gk, kh, k_len), gn)
     pos = scale * rows.row_dots(qh, kh)
     g = (1.0 / n if reduction == "mean" and n else 1.0) * scale
