@@ -98,3 +98,52 @@ def test_fork_after_threaded_use_does_not_hang(backend):
     assert not hung, "the forked child hung in its first threaded call"
     assert child.exitcode == 0
     assert queue.get(timeout=5) == expected
+
+
+_FORK_DURING_COMPILE = """
+import multiprocessing, threading, time
+import numpy as np
+import fastloss as fl
+from fastloss.kernels import _compile_locks
+
+x = np.linspace(-2, 2, 1000)
+fl.set_num_threads(2)
+fl.mse_loss(x, 0 * x, backend="numba")     # Numba loaded: the fork meets a compile only
+compiling = threading.Thread(target=lambda: fl.log_cosh_loss(x, 0 * x, backend="numba"))
+compiling.start()
+def held_elsewhere(lock):
+    if lock.acquire(blocking=False):
+        lock.release()
+        return False
+    return True
+deadline = time.monotonic() + 60
+while not held_elsewhere(_compile_locks()[-1]):         # Numba's compiler lock
+    if time.monotonic() > deadline or not compiling.is_alive():
+        raise SystemExit("no compile was seen in progress")
+    time.sleep(0.002)
+def child(queue):
+    queue.put(float(fl.l1_loss(x, 0 * x, backend="numba")))    # a compile of its own
+ctx = multiprocessing.get_context("fork")
+queue = ctx.Queue()
+proc = ctx.Process(target=child, args=(queue,))
+proc.start()                    # while the other thread compiles
+proc.join(60)
+if proc.is_alive():
+    proc.kill()
+    raise SystemExit("the forked child hung")
+assert proc.exitcode == 0, proc.exitcode
+assert queue.get(timeout=5) == float(np.mean(np.abs(x)))
+compiling.join()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not available("numba"), reason="needs numba")
+def test_fork_while_another_thread_compiles_does_not_hang():
+    """A child forked while another thread held Numba's compiler lock (mid-compile)
+    waited on it forever; fork now waits for the compile to finish."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", _FORK_DURING_COMPILE],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -4,11 +4,17 @@ can run here) and one entry point per loop shape, e.g.
 :mod:`fastloss._dispatch`."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+
+#: held while any kernel is built (one lock for every BuildOnce: builds are rare)
+_BUILD_LOCK = threading.RLock()
 
 
 class BuildOnce:
@@ -18,16 +24,47 @@ class BuildOnce:
 
     def __init__(self):
         self._items: dict = {}
-        self._lock = threading.RLock()
 
     def get(self, key, build: Callable[[], Any]):
         item = self._items.get(key)
         if item is None:
-            with self._lock:
+            with _BUILD_LOCK:
                 item = self._items.get(key)
                 if item is None:
                     item = self._items[key] = build()
         return item
+
+
+def _compile_locks() -> list:
+    """The locks a compile holds: fastloss's build lock, then Numba's compiler
+    lock (in the order a build takes them), if Numba is loaded."""
+    locks = [_BUILD_LOCK]
+    numba_lock = getattr(sys.modules.get("numba.core.compiler_lock"), "global_compiler_lock",
+                         None)     # (None too while Numba is being imported)
+    if numba_lock is not None:
+        locks.append(numba_lock._lock)
+    return locks
+
+
+_held_across_fork: list = []
+
+
+def _before_fork() -> None:
+    # fork waits for a compile in another thread to finish: a child forked in the
+    # middle of one would inherit its locks held by a thread it does not have, and
+    # hang on its first compile
+    for lock in _compile_locks():
+        lock.acquire()
+        _held_across_fork.append(lock)
+
+
+def _after_fork() -> None:
+    while _held_across_fork:
+        _held_across_fork.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
+                    after_in_child=_after_fork)
 
 
 def compile_into(namespace: dict, groups) -> dict:
