@@ -610,3 +610,19 @@ def test_a_hook_that_changes_its_gradient_in_place_is_harmless():
         (3.0 * value).backward()
         grads.append(xt.grad)
     assert_same(grads[0], grads[1])
+
+
+def test_monai_style_weight_is_monais_buffer():
+    """DiceLoss's weight is the buffer class_weight, as in MONAI: in state_dict(),
+    loaded both ways with strict=True, following .to()."""
+    monai_losses = pytest.importorskip("monai.losses")
+    ours = ft.DiceLoss(softmax=True, to_onehot_y=True, weight=[1.0, 2.0, 3.0])
+    theirs = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, weight=[3.0, 1.0, 0.5])
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["class_weight"]
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (2, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ours(x, y), theirs(x, y), rtol=1e-5, atol=1e-6)
+    theirs.load_state_dict(ft.DiceLoss(weight=[1.0, 1.0, 2.0]).state_dict(), strict=True)
+    assert ours.to(torch.float64).class_weight.dtype == torch.float64
+    assert list(ft.DiceLoss().state_dict()) == list(monai_losses.DiceLoss().state_dict()) == []

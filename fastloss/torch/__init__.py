@@ -268,6 +268,11 @@ class _MonaiOverlap(torch.nn.Module):
         self.to_onehot_y = to_onehot_y
         self.other_act = other_act
         self.reduction = reduction
+        # MONAI's buffer, under MONAI's name: in state_dict(), follows .to()
+        weight = options.pop("weight", None)
+        self.register_buffer("class_weight",
+                             None if weight is None else torch.as_tensor(weight))
+        self.class_weight: Tensor | None
         self.options = dict(options, include_background=include_background,
                             reduction=reduction,
                             activation="sigmoid" if sigmoid else "softmax" if softmax else None)
@@ -285,9 +290,9 @@ class _MonaiOverlap(torch.nn.Module):
             raise ValueError(f"target: shape {tuple(target.shape)} differs from the input's "
                              f"{tuple(input.shape)}; pass to_onehot_y=True for class indices")
         options = dict(self.options)
-        weight = options.get("weight")
-        if weight is not None and not isinstance(weight, Tensor):
-            options["weight"] = _class_weights(weight, input, options["include_background"])
+        if self.class_weight is not None:
+            options["weight"] = _class_weights(self.class_weight, input,
+                                               options["include_background"])
         value = getattr(functional, self._loss)(input, target, **options)
         if self.reduction != "none" or not self._none_keeps_spatial:
             return value
@@ -297,10 +302,11 @@ class _MonaiOverlap(torch.nn.Module):
         return value.reshape(*value.shape, *ones)
 
 
-def _class_weights(weight, input: Tensor, include_background: bool) -> Tensor:
-    """MONAI's weight: a number for every scored class, or one per scored class."""
+def _class_weights(weight: Tensor, input: Tensor, include_background: bool) -> Tensor:
+    """MONAI's weight: a number for every scored class, or one per scored class, in
+    the input's dtype and on its device."""
     scored = input.shape[1] - (0 if include_background or input.shape[1] == 1 else 1)
-    values = torch.as_tensor(weight, dtype=input.dtype)
+    values = weight.to(device=input.device, dtype=input.dtype)
     return values.expand(scored).contiguous() if values.dim() == 0 else values
 
 
