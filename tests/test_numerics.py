@@ -111,6 +111,22 @@ def test_zero_weight_sum_gives_nan_mean(backend):
     assert np.isnan(value) and np.all(np.isnan(grad))      # 0 / 0, as PyTorch
 
 
+@pytest.mark.parametrize("loss", ["mse_loss", "l1_loss"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weights_summing_to_zero_divide_as_pytorch(backend, loss):
+    """sum(w l) / sum(w) with sum(w) = 0 and a non-zero numerator is ±inf in PyTorch
+    (and its gradient ±inf, nan where w l' = 0), not nan."""
+    torch = pytest.importorskip("torch")
+    x, y, w = np.array([1.0, 2.0, 0.0]), np.zeros(3), np.array([1.0, -2.0, 1.0])
+    value, grad = _call(backend, getattr(fl, loss), x, y, weight=w, return_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    per_element = (xt - torch.tensor(y)) ** 2 if loss == "mse_loss" else xt.abs()
+    want = (torch.tensor(w) * per_element).sum() / torch.tensor(w).sum()
+    want.backward()
+    assert float(value) == want.item() == -np.inf
+    np.testing.assert_array_equal(np.asarray(grad), xt.grad.numpy())     # [inf, -inf, nan]
+
+
 @pytest.mark.parametrize("backend", ["c", "numba", "numpy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bce_with_logits_gradient_at_confident_logits(backend, dtype):

@@ -178,7 +178,9 @@ def _launch(loss, module, arrays, param_name, shape, dtype, on_gpu, p0, p1, redu
             denom = weight_sum(w) * (n // w.size) if w.size else 0.0
         else:
             denom = float(n)
-        scale = 1.0 / denom if denom != 0 else float("nan")   # 0/0, as PyTorch
+        # a zero denominator divides as PyTorch's sum / weight.sum() does: ±inf for a
+        # non-zero sum, nan for 0/0 (0 · inf) -- also for an empty input
+        scale = 1.0 / denom if denom != 0 else math.copysign(math.inf, denom)
     call = ElementwiseCall(
         loss=loss.kernel, input=arrays["input"], target=arrays["target"],
         weight=arrays.get("weight"), param=arrays.get(param_name), p0=float(p0), p1=float(p1),
