@@ -513,7 +513,10 @@ def _overlap_reduce(f, dI, dP, T, weight, ignore_empty, reduction, batch):
         value = np.float64(f.sum())
     else:  # mean over the (kept) entries
         if count == 0:
-            value, dI, dP = np.float64(0.0), np.zeros_like(dI), np.zeros_like(dP)
+            # no entries: an empty batch is nan (MONAI's torch.mean of nothing); every
+            # entry left out by ignore_empty is 0 (nothing to score)
+            empty = np.nan if f.size == 0 else 0.0
+            value, dI, dP = np.float64(empty), np.zeros_like(dI), np.zeros_like(dP)
         else:
             value = np.float64(f.sum()) / np.float64(count)
             dI, dP = dI / count, dP / count
@@ -627,6 +630,8 @@ def generalized_dice_loss(input, target, *, w_type="square", activation=None,
         value = f
     elif reduction == "sum":
         value = np.float64(f.sum())
+    elif f.size == 0:      # an empty batch: nan, MONAI's torch.mean of nothing
+        value = np.float64(np.nan)
     else:
         value = np.float64(f.sum()) / np.float64(f.size)
         dI, dP = dI / f.size, dP / f.size
@@ -987,6 +992,9 @@ def batch_hard_triplet_loss(embeddings, labels, *, margin=1.0, distance="euclide
 def _pw_ce_rows(logits, target, reduction):
     """Cross-entropy per row (log-sum-exp, max subtracted) and d(reduced)/d(logits)."""
     n = logits.shape[0]
+    if n == 0:      # no rows: the mean is nan (0/0), as in torch
+        value = {"none": np.zeros(0), "sum": np.float64(0.0)}.get(reduction, np.float64(np.nan))
+        return value, np.zeros_like(logits, dtype=np.float64)
     m = np.max(logits, axis=1, keepdims=True)
     e = np.exp(logits - m)
     s = e.sum(axis=1, keepdims=True)

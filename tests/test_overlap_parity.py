@@ -252,6 +252,23 @@ def test_target_forms_agree():
                                    rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend", [backend_param(b) for b in ("c", "numba", "numpy")])
+@pytest.mark.parametrize("name", LOSSES)
+def test_mean_of_an_empty_batch_is_nan(name, backend):
+    """N = 0: MONAI's torch.mean of no entries is nan (it was 0 here); the sum is 0,
+    batch=True scores each class of the empty sums (0), the gradient is empty."""
+    x, y = make_inputs((2, 3, 4, 5), np.float64, "labels_u8", "softmax")
+    x, y = x[:0], y[:0]
+    value, grad = getattr(fl, name)(x, y, activation="softmax", return_grad=True,
+                                    backend=backend)
+    assert np.isnan(value) and grad.shape == x.shape
+    assert getattr(fl, name)(x, y, activation="softmax", reduction="sum",
+                             backend=backend) == 0.0
+    if name != "generalized_dice_loss":
+        assert getattr(fl, name)(x, y, activation="softmax", batch=True,
+                                 backend=backend) == 0.0
+
+
 @pytest.mark.skipif(not available("c"), reason="C extension not built")
 def test_strided_input_and_empty_batch():
     x, y = make_inputs((2, 3, 6, 8), np.float32, "labels_u8", "softmax")

@@ -303,3 +303,21 @@ def test_gradients_against_finite_differences(name, inputs, options):
             dn[k][idx] -= h
             fd[idx] = (value(up) - value(dn)) / (2 * h)
         np.testing.assert_allclose(grads[k], fd, rtol=1e-5, atol=1e-7, err_msg=f"input {k}")
+
+
+@pytest.mark.parametrize("backend", HOST + CUDA + ["numpy"])
+def test_info_nce_of_no_queries(backend):
+    """N = 0: the mean of nothing is nan (info-nce-pytorch, torch), the sum 0, and
+    every gradient zeros of its input's shape."""
+    d = 3
+    for negatives in (None, np.random.default_rng(0).standard_normal((5, d))):
+        args = [np.zeros((0, d)), np.zeros((0, d))] + ([] if negatives is None else [negatives])
+        if backend == "cuda":
+            args = [to_device(a) for a in args]
+        for reduction, want in (("mean", np.nan), ("sum", 0.0)):
+            value, grads = fl.info_nce_loss(*args, reduction=reduction, return_grad=True,
+                                            backend=backend)
+            np.testing.assert_array_equal(float(to_host(value)), want)
+            for g, a in zip(grads, args):
+                g = np.asarray(to_host(g))
+                assert g.shape == a.shape and not g.any()

@@ -105,9 +105,11 @@ def _evaluate(loss, stats, params, reduction, want_coef):
         value, d_entry = f, 1.0
     elif reduction == "sum":
         value, d_entry = f.sum(), 1.0
-    else:   # every entry left out (ignore_empty): nothing to score, 0 and no gradient
-        value = f.sum() / count if count else 0.0
-        d_entry = 1.0 / count if count else 0.0
+    elif count:
+        value, d_entry = f.sum() / count, 1.0 / count
+    else:   # no entry: an empty batch is nan (MONAI's torch.mean of nothing); every
+        # entry left out by ignore_empty is 0 (nothing to score); no gradient either way
+        value, d_entry = (math.nan if f.size == 0 else 0.0), 0.0
     if not want_coef:
         return value, None
     if keep is not None:
@@ -355,7 +357,7 @@ _COMMON = """
         voxels are then left out, as in MONAI).
     reduction : "mean" | "sum" | "none"
         {none} ``"mean"`` is the plain mean of the entries (not divided by
-        the weights, as MONAI).
+        the weights, as MONAI); of an empty batch (N = 0) it is nan, as MONAI's.
     return_grad : bool
         Also return d(result)/d(input) (for ``"none"``: of the sum), the
         input's shape and dtype.

@@ -243,15 +243,17 @@ def _flags(reduction, return_grad, choices=("mean", "sum", "none")):
     return check_bool(return_grad, "return_grad")
 
 
-def _reduce_rows(per_row, reduction):
-    """mean / sum of float64 per-row losses (numpy's pairwise sum: fixed order)."""
+def _reduce_rows(per_row, reduction, empty_mean=math.nan):
+    """(value, gradient gain): mean / sum of float64 per-row losses (numpy's pairwise
+    sum: fixed order).  The mean of no rows is nan, as in torch (and info-nce-pytorch),
+    unless the loss's peer says otherwise (``empty_mean``); its gain is 0."""
     if reduction == "none":
         return per_row, 1.0
     total = float(per_row.sum())
     if reduction == "sum":
         return total, 1.0
     n = per_row.size
-    return (total / n if n else 0.0), (1.0 / n if n else 0.0)
+    return (total / n if n else empty_mean), (1.0 / n if n else 0.0)
 
 
 def _lse_and_product(mod, a, b, scale, exclude_diag, gain, out, col_scale=None):
@@ -495,8 +497,6 @@ def triplet_margin_loss(anchor: ArrayLike, positive: ArrayLike, negative: ArrayL
     value, _ = _reduce_rows(losses, reduction)
     if reduction == "none" and ndim == 1:
         value = losses[0]
-    if reduction == "mean" and n == 0:
-        value = math.nan          # torch: the mean of nothing
     value = batch.value(value)
     if not return_grad:
         return value
@@ -587,8 +587,8 @@ def batch_hard_triplet_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin:
     elif reduction == "none":
         value, gain = np.zeros(n), 1.0
         value[valid] = loss
-    else:
-        value, gain = _reduce_rows(loss, reduction)
+    else:   # no valid anchor: 0 (pml's rule for a batch without triplets)
+        value, gain = _reduce_rows(loss, reduction, empty_mean=0.0)
     value = batch.value(value)
     if not return_grad:
         return value
