@@ -294,17 +294,27 @@ FL_ATTR static double RW(row)(const rw_job *J, int64_t r)
             m = m2 > m ? m2 : m;
         }
         const double h = A->p0 + (double)m - (double)x[y];
+        /* nan in, nan out: vmax skips a nan logit, so look for one (the row is in
+         * L1 by now); a nan row has a nan value and a nan gradient */
+        int nan_row = h != h;
+        for (int64_t c = 0; c < C; c++)
+            nan_row |= x[c] != x[c];
         if (g) {
-            memset(g, 0, (size_t)C * sizeof(T));
-            if (h > 0) {
-                int64_t k = 0;
-                while (k == y || x[k] != m)
-                    k++;
-                g[k] = (T)J->gs;
-                g[y] = (T)(-J->gs);
+            if (nan_row) {
+                for (int64_t c = 0; c < C; c++)
+                    g[c] = (T)NAN;
+            } else {
+                memset(g, 0, (size_t)C * sizeof(T));
+                if (h > 0) {
+                    int64_t k = 0;
+                    while (k == y || x[k] != m)
+                        k++;
+                    g[k] = (T)J->gs;
+                    g[y] = (T)(-J->gs);
+                }
             }
         }
-        return h > 0 ? h : (h == h ? 0.0 : h);
+        return nan_row ? (double)NAN : (h > 0 ? h : 0.0);
     }
     default: { /* cross_entropy, softmax_focal */
         double shifts[RW_ROW_SEGS];

@@ -409,6 +409,9 @@ def multiclass_hinge_loss(input, target, *, margin=1.0, reduction="mean", return
     active = h > 0
     values = np.where(active, h, 0.0)
     grad = (_onehot(k, C) - onehot) * active[..., None]
+    nan_row = np.isnan(x).any(axis=-1)       # nan in, nan out: value and row gradient
+    values = np.where(nan_row, np.nan, values)
+    grad = np.where(nan_row[..., None], np.nan, grad)
     return _reduce_rows(values, grad, reduction, values.size, valid, ndim, return_grad)
 
 

@@ -322,3 +322,30 @@ def test_torch_directly():
     value, grad = fl.cross_entropy(x, y, weight=w, label_smoothing=0.15, return_grad=True)
     np.testing.assert_allclose(value, expected.item(), rtol=1e-12)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", [backend_param(b) for b in ("c", "numba", "numpy", "cuda")])
+def test_nan_scores_in_the_margin_losses(backend, dtype):
+    """multiclass_hinge_loss: a nan score anywhere in a row makes that row's value and
+    gradient nan (the C max skipped it: 0 on c, nan on numba, 0 on numpy before);
+    multi_margin_loss follows PyTorch, whose kernel counts a nan term as inactive."""
+    from conftest import to_device, to_host
+    x = np.array([[0.5, np.nan, 0.1], [np.nan, 0.2, 0.1], [1.0, 2.0, 3.0],
+                  [0.3, 0.2, np.nan]], dtype)
+    y = np.array([0, 0, 2, 1])
+    args = (to_device(x), to_device(y)) if backend == "cuda" else (x, y)
+    value, grad = fl.multiclass_hinge_loss(*args, reduction="none", return_grad=True,
+                                           backend=backend)
+    value, grad = np.asarray(to_host(value)), np.asarray(to_host(grad))
+    assert np.isnan(value).tolist() == [True, True, False, True]
+    assert np.isnan(grad).all(axis=1).tolist() == [True, True, False, True]
+    assert value[2] == 0 and not grad[2].any()
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x, requires_grad=True)
+    want = torch.nn.functional.multi_margin_loss(xt, torch.tensor(y), reduction="none")
+    want.sum().backward()
+    value, grad = fl.multi_margin_loss(*args, reduction="none", return_grad=True,
+                                       backend=backend)
+    np.testing.assert_allclose(np.asarray(to_host(value)), want.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(to_host(grad)), xt.grad.numpy(), rtol=1e-6)

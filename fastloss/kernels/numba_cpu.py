@@ -918,7 +918,10 @@ def _build_rowwise_unit(loss: str, tiles: bool):
                 xy = np.float64(x[lo + y])
                 m = vmax(row_max(x, lo, lo + y), row_max(x, lo + y + 1, lo + C))
                 value, active = crammer_finish(m, xy, p0)
-                if want_grad and active:
+                if want_grad and value != value:     # a nan logit: a nan row gradient
+                    for c in range(lo, lo + C):
+                        grad[c] = np.nan
+                elif want_grad and active:
                     kk = 0
                     while kk == y or np.float64(x[lo + kk]) != m:
                         kk += 1

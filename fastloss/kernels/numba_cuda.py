@@ -492,7 +492,9 @@ def _row_function(loss, per_block):
                 c = c0
                 while c < C:
                     g = 0.0
-                    if active:
+                    if value != value:     # a nan logit: a nan row gradient
+                        g = math.nan
+                    elif active:
                         if c == kk:
                             g = gs
                         elif c == y:

@@ -481,7 +481,10 @@ def multi_margin_loss(input: ArrayLike, target: ArrayLike, *, p: Literal[1, 2] =
 
     input : (N, C) or (C,) scores; target : (N,) class indices (0-d for (C,)).
     Per row: sum_{c != y} weight[y] * max(0, margin - x_y + x_c)^p / C,
-    p in {1, 2}.  No ``ignore_index`` (PyTorch has none).
+    p in {1, 2}.  No ``ignore_index`` (PyTorch has none).  Departure from
+    "nan in, nan out", to match PyTorch: a term whose margin is nan counts as
+    inactive (PyTorch's kernel adds it only when it is > 0), so a nan score
+    contributes 0 to the value and the gradient.
 """, mean="divided by N (PyTorch's convention here, weights or not)", example="""
         >>> import numpy as np, fastloss as fl
         >>> scores, label = np.array([[0.1, 0.2, 0.4, 0.8]]), np.array([3])
@@ -526,7 +529,8 @@ def multiclass_hinge_loss(input: ArrayLike, target: ArrayLike, *, margin: float 
     input : (N, C) or (C,) scores; target : (N,) class indices.
     Per row: max(0, margin + max_{c != y} x_c - x_y); with C = 1, 0.  The
     gradient (a subgradient) is +1 at the first class attaining the max and
-    -1 at the target where the hinge is active, 0 elsewhere.
+    -1 at the target where the hinge is active, 0 elsewhere.  A nan score
+    makes the row's value and gradient nan (optax's max propagates it).
 """, mean="divided by N", example="""
         >>> import numpy as np, fastloss as fl
         >>> scores, label = np.array([[0.1, 0.2, 0.4, 0.8]]), np.array([3])
