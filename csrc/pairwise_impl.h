@@ -195,6 +195,10 @@ FL_ATTR FL_INLINE T PW(dist)(int metric, T g, double na, double nb)
 {
     if (metric == PW_COSINE)
         return (T)1 - g;
+    /* an overflowed float32 Gram value (|a|, |b| ~ 1e19 and up) says nothing of
+     * the distance: nan, not the 0 or inf the clamp would make of it */
+    if ((double)g - (double)g != 0)
+        return (T)NAN;
     double s = na + nb - 2.0 * (double)g;
     s = s < 0 ? 0 : s;   /* (rounding below 0 clamps; NaN stays NaN) */
     return metric == PW_EUCLIDEAN ? (T)sqrt(s) : (T)s;
@@ -324,7 +328,8 @@ FL_ATTR static void PW(consume)(pw_job *J, int64_t i0, int64_t mb, int64_t j0, i
             for (int64_t j = 0; j < nbt; j++) {
                 const int same = lab[j0 + j] == li;
                 const T d = w[j];
-                const T c = same ? (d > pm ? cpos : (T)0) : (d < nm ? -cneg : (T)0);
+                const T c = d != d ? d   /* nan in, nan out */
+                          : same ? (d > pm ? cpos : (T)0) : (d < nm ? -cneg : (T)0);
                 const T phi = metric == PW_EUCLIDEAN ? (d > 0 ? (T)1 / d : (T)0)
                             : metric == PW_SQEUCLIDEAN ? (T)2 : (T)1;
                 w[j] = c * phi;

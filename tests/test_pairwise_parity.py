@@ -321,3 +321,24 @@ def test_info_nce_of_no_queries(backend):
             for g, a in zip(grads, args):
                 g = np.asarray(to_host(g))
                 assert g.shape == a.shape and not g.any()
+
+
+@pytest.mark.parametrize("backend", HOST)
+def test_float32_gram_overflow_gives_nan(backend):
+    """float32 embeddings with |x|² past float32's range, not normalized: the Gram
+    products overflow, so the distances are nan (the clamp once made them 0, and the
+    losses inf, nan or an arbitrary finite batch-hard value, by backend)."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((6, 3)) * 1e30).astype(np.float32)
+    labels = np.array([0, 1, 0, 1, 2, 2])
+    d = fl.pairwise_distances(x, backend=backend)
+    assert np.isnan(d[~np.eye(6, dtype=bool)]).all()
+    for loss in ("contrastive_loss", "batch_hard_triplet_loss"):
+        value, grad = getattr(fl, loss)(x, labels, normalize_embeddings=False,
+                                        return_grad=True, backend=backend)
+        assert np.isnan(value) and np.isnan(grad).any()
+    # normalized (the default), the same embeddings are in range
+    assert np.isfinite(fl.contrastive_loss(x, labels, backend=backend))
+    x18 = (rng.standard_normal((6, 3)) * 1e18).astype(np.float32)   # |x|² ~ 1e36: fine
+    check("batch_hard_triplet_loss", (x18, labels), dict(normalize_embeddings=False),
+          backend, np.float32, 1)

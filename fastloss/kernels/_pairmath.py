@@ -55,6 +55,8 @@ def pair_distance(g, na, nb, metric):
     """d of one pair from g = a.b (float64 of the dtype's value) and the squared norms."""
     if metric == COSINE:
         return 1.0 - g
+    if g - g != 0.0:    # an overflowed (inf) or nan Gram value: the distance is unknown
+        return math.nan
     s = na + nb - 2.0 * g
     s = 0.0 if s < 0.0 else s
     return math.sqrt(s) if metric == EUCLIDEAN else s
@@ -79,7 +81,10 @@ def lse_finish(m, s):
 
 
 def contrastive_coef(d, same_label, pm, nm, cpos, cneg):
-    """c = dL/dd of one ordered pair: cpos [pos and d > pm] - cneg [neg and d < nm]."""
+    """c = dL/dd of one ordered pair: cpos [pos and d > pm] - cneg [neg and d < nm];
+    nan for a nan distance (nan in, nan out)."""
+    if d != d:
+        return d
     if same_label:
         return cpos if d > pm else 0.0
     return -cneg if d < nm else 0.0
@@ -89,6 +94,8 @@ def contrastive_weight(d, c, metric):
     """W = 2 c phi: phi = 1/d (euclidean, W = 0 where d == 0), 2 (sqeuclidean);
     cosine: 2 c (the gradient is -sum_j W x_j there)."""
     if metric == EUCLIDEAN:
+        if c != c:
+            return c
         return 2.0 * c / d if (d > 0.0 and c != 0.0) else 0.0
     if metric == SQEUCLIDEAN:
         return 4.0 * c

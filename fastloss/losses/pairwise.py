@@ -32,6 +32,8 @@ from .._typing import (ArrayLike, Array, Backend, Loss, LossAndGrad, LossAndGrad
 from .._registry import records
 from .._validate import FLOAT_DTYPES, ArrayMeta, check_bool, check_real
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 __all__ = ["pairwise_distances", "contrastive_loss", "triplet_margin_loss",
            "batch_hard_triplet_loss", "info_nce_loss", "nt_xent_loss", "PAIRWISE_LOSSES"]
 
@@ -572,12 +574,17 @@ def batch_hard_triplet_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin:
     d_ap = batch.rows.pair_rows_distance(xk, valid, pos[valid], distance)
     d_an = batch.rows.pair_rows_distance(xk, valid, neg[valid], distance)
     z = margin + d_ap - d_an
+    if not norm and batch.dtype == np.float32 and valid.size and float(
+            np.max(batch.rows.row_dots(xk, xk))) > FLOAT32_MAX:
+        # |x|² past float32's range: the float32 Gram products that chose the pairs
+        # overflowed (the pair distances are nan there), so the choice is unknown
+        z = np.full_like(z, np.nan)
     if soft:
         loss = np.logaddexp(0.0, z)
         slope = 0.5 * (1.0 + np.tanh(0.5 * z))         # sigmoid(z), overflow-free
     else:
         loss = np.maximum(z, 0.0)
-        slope = (z > 0).astype(np.float64)
+        slope = np.where(z != z, np.nan, z > 0)     # nan in, nan out (gradient too)
     value: Any        # a float, or the (N,) per-anchor losses
     if reduction == "mean_nonzero":
         keep = loss > 0
