@@ -53,8 +53,16 @@ class ArrayMeta:
             try:
                 self.array = np.asarray(obj)
             except Exception as exc:  # e.g. a tensor that requires grad
+                dtype = str(getattr(obj, "dtype", ""))
+                if "float16" in dtype:      # torch.bfloat16 / torch.float16: no NumPy view
+                    raise TypeError(f"{name}: dtype {dtype} is not supported by the core API "
+                                    f"(float32 or float64); cast it (.float()), or use "
+                                    f"fastloss.torch, which computes float16 and bfloat16 "
+                                    f"tensors in float32") from exc
                 raise TypeError(f"{name}: cannot read {type(obj).__name__} as an array "
                                 f"({exc})") from exc
+            if not self.array.dtype.isnative:   # big-endian data: computed, as a native copy
+                self.array = self.array.astype(self.array.dtype.newbyteorder("="))
             self.shape = self.array.shape
             self.dtype = self.array.dtype
             self.contiguous = self.array.flags.c_contiguous

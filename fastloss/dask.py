@@ -308,7 +308,7 @@ _STATS_ARGS = ("activation", "squared_pred", "ignore_index", "backend")
 
 def _overlap_family(name, core, x, target, kw, reduction):
     if x.ndim < 3:
-        raise ValueError(f"input: expected shape (N, C, *spatial) with 1 to 3 spatial axes, "
+        raise ValueError(f"input: expected shape (N, C, *spatial) with one or more spatial axes, "
                          f"got {x.shape}")
     _check_class_axis(x)
     classes = x.shape[1]

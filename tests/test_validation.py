@@ -152,3 +152,57 @@ def test_validation_happens_before_any_kernel(monkeypatch):
     with pytest.raises(ValueError):
         fl.mse_loss(X, Y[:2])
     assert calls == []
+
+
+# ---- errors that once named nothing, or refused what can be computed (issue 17) -----------
+
+@pytest.mark.parametrize("backend", ["c", "numba", "numpy"])
+def test_big_endian_arrays_are_computed(backend):
+    if not fl.backends()[backend].available:
+        pytest.skip(fl.backends()[backend].reason)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 3)), rng.random((4, 3))
+    labels = np.array([0, 1, 2, 0])
+    volume = rng.random((2, 3, 4))
+    calls = [
+        (fl.mse_loss, (x, y)), (fl.cross_entropy, (x, labels)),
+        (fl.contrastive_loss, (x, np.array([0, 1, 0, 1]))),
+        (fl.dice_loss, (volume, np.zeros((2, 4), np.int64))),
+    ]
+    for fn, args in calls:
+        want = fn(*args, backend=backend, return_grad=True)
+        swapped = [a.astype(a.dtype.newbyteorder(">")) for a in args]
+        before = [a.copy() for a in swapped]
+        got = fn(*swapped, backend=backend, return_grad=True)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        for a, b in zip(swapped, before):
+            assert a.dtype.byteorder == ">" and np.array_equal(a, b)   # inputs untouched
+
+
+def test_unclear_errors_now_name_their_argument():
+    x, volume = np.random.rand(4, 3), np.random.rand(2, 3, 4)
+    labels, vlabels = np.array([0, 1, 2, 0]), np.zeros((2, 4), np.int64)
+    with pytest.raises(ValueError, match="ignore_index: expected an integer in int64's range"):
+        fl.cross_entropy(x, labels, ignore_index=2**63)
+    with pytest.raises(ValueError, match="ignore_index: expected an integer in int64's range"):
+        fl.dice_loss(volume, vlabels, ignore_index=-2**64)
+    with pytest.raises(TypeError, match="weight: expected a number or a sequence of numbers"):
+        fl.dice_loss(volume, vlabels, weight="abc")
+    with pytest.raises(TypeError, match=r"q: expected a float in \(0, 1\) or a 1-D array.*bool"):
+        fl.quantile_loss(x, x, q=True)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="input: dtype torch.bfloat16 is not supported by the "
+                                        "core API.*fastloss.torch"):
+        fl.mse_loss(torch.zeros(3, dtype=torch.bfloat16), torch.zeros(3, dtype=torch.bfloat16))
+
+
+def test_overlap_losses_take_any_number_of_spatial_axes():
+    rng = np.random.default_rng(1)
+    x = rng.random((2, 3, 2, 2, 2, 2))            # four spatial axes, as MONAI allows
+    labels = rng.integers(0, 3, (2, 2, 2, 2, 2))
+    flat = fl.dice_loss(x.reshape(2, 3, 16), labels.reshape(2, 16), backend="numpy")
+    np.testing.assert_allclose(fl.dice_loss(x, labels), flat, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"input: expected shape \(N, C, \*spatial\) with one "
+                                         r"or more spatial axes"):
+        fl.dice_loss(x[:, :, 0, 0, 0, 0], labels[:, 0, 0, 0])

@@ -463,7 +463,10 @@ def quantile_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | No
 def quantile_loss(input: ArrayLike, target: ArrayLike, *, weight: ArrayLike | None = None,
                   q: float | ArrayLike = 0.5, reduction: Reduction = "mean",
                   return_grad: bool = False, backend: Backend = None) -> Loss | LossAndGrad:
-    if isinstance(q, (int, float, np.floating, np.integer)) and not isinstance(q, bool):
+    if isinstance(q, (bool, np.bool_)):
+        raise TypeError(f"q: expected a float in (0, 1) or a 1-D array of levels, got {q!r} "
+                        f"(bool)")
+    if isinstance(q, (int, float, np.floating, np.integer)):
         q = check_open_unit(q, "q")
         return _run(_QUANTILE, input, target, weight=weight, reduction=reduction,
                     return_grad=return_grad, backend=backend, p0=q,

@@ -50,11 +50,15 @@ MEAN_DIVIDES_BY = {"cross_entropy": "weight", "nll_loss": "weight",
 
 
 def _check_int(value, name) -> int:
-    if type(value) is int:
-        return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer, got {value!r} ({type(value).__name__})")
-    return int(value)
+    """An integer argument that the kernels take as int64 (ignore_index)."""
+    if type(value) is not int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name}: expected an integer, got {value!r} "
+                            f"({type(value).__name__})")
+        value = int(value)
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"{name}: expected an integer in int64's range, got {value}")
+    return value
 
 
 def _check_class_vector(obj, name, classes, on_gpu):

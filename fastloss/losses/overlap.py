@@ -153,7 +153,11 @@ def _target_layout(t: ArrayMeta, x: ArrayMeta, classes):
 def _check_weight(weight, scored):
     if weight is None:
         return None
-    values = np.asarray(weight, dtype=np.float64)
+    try:
+        values = np.asarray(weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"weight: expected a number or a sequence of numbers, one per "
+                        f"scored class, got {weight!r}") from None
     if values.ndim == 0:
         values = np.full(scored, float(values))
     if values.shape != (scored,):
@@ -223,7 +227,7 @@ def _volume(input, target, activation, ignore_index) -> _Volume:
     v.t = t = ArrayMeta(target, "target")
     check_same_place({"input": x, "target": t})
     if len(x.shape) < 3:
-        raise ValueError(f"input: expected shape (N, C, *spatial) with 1 to 3 spatial axes, "
+        raise ValueError(f"input: expected shape (N, C, *spatial) with one or more spatial axes, "
                          f"got {x.shape}")
     v.n, v.classes, v.inner = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     if v.classes < 1:
@@ -335,7 +339,7 @@ def _shape_value(loss, value, params, reduction):
 # ---- the public losses ---------------------------------------------------------------
 
 _COMMON = """
-    input : (N, C, *spatial) float32/float64, 1 to 3 spatial axes: probabilities,
+    input : (N, C, *spatial) float32/float64, one or more spatial axes: probabilities,
         or logits with ``activation``.
     target : class indices (N, *spatial) of any integer dtype (uint8 is read as
         it is; no one-hot array is made), or (N, 1, *spatial) as MONAI's
