@@ -220,8 +220,18 @@ def _log_softmax(x):
     """log-softmax over the last axis and the log-sum-exp, shifted by the row max."""
     m = np.max(x, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    lse = m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
-    return x - lse, lse[..., 0]
+    log_s = np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+    # (x - m) - log s, not x - (m + log s): at m = 1e30 the latter loses log s
+    return (x - m) - log_s, (m + log_s)[..., 0]
+
+
+def _softmax(x):
+    """softmax over the last axis as normalised shifted exps: exp(log-softmax) loses
+    the log 2 of two logits of 1e30 (1e30 + log 2 rounds to 1e30) and gives 1 each."""
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=-1, keepdims=True)
 
 
 def _labels(y, classes, ignore_index=None):
@@ -282,7 +292,7 @@ def _weighted_soft_ce(logits, q, zmask, z_loss):
     Q*softmax(x) - q; the z-term adds 2 z lse softmax(x).
     """
     logp, lse = _log_softmax(logits)
-    p = np.exp(logp)
+    p = _softmax(logits)
     zl = z_loss * zmask
     values = -np.sum(q * logp, axis=-1) + zl * lse * lse
     grad = (np.sum(q, axis=-1) + 2.0 * zl * lse)[..., None] * p - q
@@ -357,7 +367,7 @@ def softmax_focal_loss(input, target, *, alpha=None, gamma=2.0, weight=None,
     a = alpha_y * w[safe] * valid
 
     logp, _ = _log_softmax(x)
-    p = np.exp(logp)
+    p = _softmax(x)
     L = np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
     u = -np.expm1(L)
     g = float(gamma)
@@ -409,7 +419,9 @@ def multiclass_hinge_loss(input, target, *, margin=1.0, reduction="mean", return
     active = h > 0
     values = np.where(active, h, 0.0)
     grad = (_onehot(k, C) - onehot) * active[..., None]
-    nan_row = np.isnan(x).any(axis=-1)       # nan in, nan out: value and row gradient
+    # nan in, nan out (value and row gradient), also for inf - inf (an inf target
+    # logit against an inf other)
+    nan_row = np.isnan(x).any(axis=-1) | np.isnan(h)
     values = np.where(nan_row, np.nan, values)
     grad = np.where(nan_row[..., None], np.nan, grad)
     return _reduce_rows(values, grad, reduction, values.size, valid, ndim, return_grad)

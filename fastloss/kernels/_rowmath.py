@@ -33,7 +33,16 @@ def lse_of(m, s):
     return m + log(s)
 
 
-def ce_finish(lse, xy, wy, W, swx, eps, z, C):
+def log_p_y(lse, se, xy):
+    """log p_y = x_y - lse, ≤ 0.  Where it rounds to ≥ 0, x_y is the row max and lse
+    rounded onto it (|x| ~ 1e30: 1e30 + log 2 == 1e30): then log p_y = -log se."""
+    L = xy - lse
+    if L >= 0.0:
+        L = -log(se) if se > 1.0 else 0.0
+    return L
+
+
+def ce_finish(lse, se, xy, wy, W, swx, eps, z, C):
     """cross_entropy (label smoothing eps, z-loss z), swx = sum_c w_c x_c (unused
     when eps = 0):
 
@@ -44,7 +53,7 @@ def ce_finish(lse, xy, wy, W, swx, eps, z, C):
     Returns (value, A, B).  The eps and z terms are added only when nonzero
     (0 * inf would turn an infinite lse into nan)."""
     B = (1.0 - eps) * wy
-    value = B * (lse - xy)
+    value = -B * log_p_y(lse, se, xy)
     A = B
     if eps != 0.0:
         k = eps / C
@@ -82,7 +91,7 @@ def nll_finish(xy, wy):
     return -wy * xy, -wy
 
 
-def focal_finish(lse, xy, a, gamma):
+def focal_finish(lse, se, xy, a, gamma):
     """softmax_focal, a = alpha_y w_y:
 
         L = x_y - lse, p_y = exp(L), u = 1 - p_y = -expm1(L)
@@ -94,9 +103,7 @@ def focal_finish(lse, xy, a, gamma):
     u^(gamma-1) of the derivative is folded into u^gamma * L / u).  Returns
     (value, K, u): the caller writes grad_y = -gs K u, which keeps the
     accuracy of expm1 where p_y is close to 1."""
-    L = xy - lse
-    if L > 0.0:   # lse >= x_y exactly; guards u^gamma against a rounding u < 0
-        L = 0.0
+    L = log_p_y(lse, se, xy)    # (≤ 0: guards u^gamma against a rounding u < 0)
     p_y = exp(L)
     u = -expm1(L)
     ug = 1.0 if gamma == 0.0 else u ** gamma
@@ -134,7 +141,7 @@ def crammer_finish(m, xy, margin):
     return value, active
 
 
-FUNCTIONS = (vmax, lse_of, ce_finish, smooth_target, ce_prob_finish, nll_finish, focal_finish,
+FUNCTIONS = (vmax, lse_of, log_p_y, ce_finish, smooth_target, ce_prob_finish, nll_finish, focal_finish,
              margin_term, margin_finish, crammer_finish)
 
 
@@ -143,13 +150,11 @@ def compile_for(jit, primitives=None):
     ``cuda.jit(device=True)``), as a dict by name.  ``primitives`` maps names in
     PRIMITIVES to compiled replacements (the CPU backend's vectorisable ones)."""
     import builtins
-    import types
+
+    from . import compile_into
 
     namespace = {"math": math, "__builtins__": builtins}
     namespace.update({name: globals()[name] for name in PRIMITIVES})
     namespace.update(primitives or {})
-
-    def rebind(fn):
-        return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__)
-
-    return {fn.__name__: jit(rebind(fn)) for fn in FUNCTIONS}
+    # (in order, each into the namespace: the finishes call log_p_y compiled)
+    return compile_into(namespace, [(FUNCTIONS, jit)])

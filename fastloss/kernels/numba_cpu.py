@@ -526,10 +526,10 @@ def _build_rowwise_unit(loss: str, tiles: bool):
         """cross_entropy / softmax_focal from a valid row's reductions: (value, a,
         kw, gy) with grad_c = a p_c - kw w_c for c != y and grad_y = gy."""
         if focal:
-            value, K, uu = focal_finish(lse, xy, ay * wy, p1)
+            value, K, uu = focal_finish(lse, se, xy, ay * wy, p1)
             a = gs * K
             return value, a, 0.0, -(a * uu)
-        value, A, B = ce_finish(lse, xy, wy, W, swx, eps, z, C)
+        value, A, B = ce_finish(lse, se, xy, wy, W, swx, eps, z, C)
         k = eps / C
         return value, gs * A, gs * k, gs * (A * py - B - k * wy)
 

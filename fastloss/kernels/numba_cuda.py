@@ -363,7 +363,7 @@ def _row_function(loss, per_block):
             k = eps / C
             if focal:
                 a = (float64(al[y]) if has_al else p0) * wy
-                value, A, u = focal_finish(lse, xy, a, p1)
+                value, A, u = focal_finish(lse, se, xy, a, p1)
                 B = 0.0
                 k = 0.0
             else:
@@ -375,7 +375,7 @@ def _row_function(loss, per_block):
                         c += cstep
                     swx = red_sum(shared, swx)
                 W = wsum[0] if has_w else float64(C)
-                value, A, B = ce_finish(lse, xy, wy, W, swx, eps, z, C)
+                value, A, B = ce_finish(lse, se, xy, wy, W, swx, eps, z, C)
                 u = 0.0
             if want_grad:
                 c = c0
