@@ -32,17 +32,8 @@ class Case:
 
 
 def _torch_reduce(values, weight, reduction, divide_by_weight_sum=False):
-    import torch
-
-    if weight is not None:
-        values = values * weight
-    if reduction == "none":
-        return values
-    if reduction == "sum":
-        return values.sum()
-    if weight is not None and divide_by_weight_sum:
-        return values.sum() / torch.broadcast_to(weight, values.shape).sum()
-    return values.mean()
+    from fastloss.torch._second_order import reduce_elementwise
+    return reduce_elementwise(values, weight, reduction, divide_by_weight_sum)
 
 
 def _t_mse(x, y, weight, reduction):

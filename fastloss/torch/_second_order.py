@@ -25,9 +25,10 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
-def _reduce(values: Tensor, weight: Tensor | None, reduction: str,
+def reduce_elementwise(values: Tensor, weight: Tensor | None, reduction: str,
             mean_by_weight_sum: bool = False) -> Tensor:
-    """The elementwise losses' weighting and reduction (as reference._reduce)."""
+    """The elementwise losses' weighting and reduction in torch ops (as
+    reference._reduce; fastloss.testing's torch formulas use it too)."""
     if weight is not None:
         values = values * weight
     if reduction == "none":
@@ -41,24 +42,24 @@ def _reduce(values: Tensor, weight: Tensor | None, reduction: str,
 
 def _mse(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     d = t["input"] - t["target"]
-    return _reduce(d * d, t.get("weight"), o["reduction"], mean_by_weight_sum=True)
+    return reduce_elementwise(d * d, t.get("weight"), o["reduction"], mean_by_weight_sum=True)
 
 
 def _l1(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     d = t["input"] - t["target"]
-    return _reduce(d.abs(), t.get("weight"), o["reduction"], mean_by_weight_sum=True)
+    return reduce_elementwise(d.abs(), t.get("weight"), o["reduction"], mean_by_weight_sum=True)
 
 
 def _huber(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     values = F.huber_loss(t["input"], t["target"], reduction="none",
                           delta=float(o.get("delta", 1.0)))
-    return _reduce(values, t.get("weight"), o["reduction"])
+    return reduce_elementwise(values, t.get("weight"), o["reduction"])
 
 
 def _smooth_l1(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     values = F.smooth_l1_loss(t["input"], t["target"], reduction="none",
                               beta=float(o.get("beta", 1.0)))
-    return _reduce(values, t.get("weight"), o["reduction"])
+    return reduce_elementwise(values, t.get("weight"), o["reduction"])
 
 
 def _log_cosh(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
@@ -66,7 +67,7 @@ def _log_cosh(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     # log cosh d = d + softplus(-2d) - log 2: smooth at 0 (|d| would give a zero
     # second derivative there) and finite for large |d|
     values = d + F.softplus(-2.0 * d) - math.log(2.0)
-    return _reduce(values, t.get("weight"), o["reduction"])
+    return reduce_elementwise(values, t.get("weight"), o["reduction"])
 
 
 def _quantile(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
@@ -78,18 +79,18 @@ def _quantile(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     # max(q r, (q - 1) r) written with |r|: its backward keeps a graph (sgn), so the
     # gradient can be differentiated again (to 0) like torch's own l1_loss
     values = 0.5 * r.abs() + (q - 0.5) * r
-    return _reduce(values, t.get("weight"), o["reduction"])
+    return reduce_elementwise(values, t.get("weight"), o["reduction"])
 
 
 def _bce(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     values = F.binary_cross_entropy(t["input"], t["target"], reduction="none")
-    return _reduce(values, t.get("weight"), o["reduction"])
+    return reduce_elementwise(values, t.get("weight"), o["reduction"])
 
 
 def _bce_logits(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     values = F.binary_cross_entropy_with_logits(t["input"], t["target"], reduction="none",
                                                 pos_weight=t.get("pos_weight"))
-    return _reduce(values, t.get("weight"), o["reduction"])
+    return reduce_elementwise(values, t.get("weight"), o["reduction"])
 
 
 def _sigmoid_focal(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
@@ -101,7 +102,7 @@ def _sigmoid_focal(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     values = ce * (1.0 - (p * y + (1.0 - p) * (1.0 - y))) ** gamma
     if alpha >= 0:
         values = (alpha * y + (1.0 - alpha) * (1.0 - y)) * values
-    return _reduce(values, t.get("weight"), o["reduction"])
+    return reduce_elementwise(values, t.get("weight"), o["reduction"])
 
 
 def _hinge(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
@@ -109,7 +110,7 @@ def _hinge(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
     values = F.relu(z)     # (relu's backward keeps a graph; clamp's does not)
     if o.get("squared", False):
         values = values * values
-    return _reduce(values, t.get("weight"), o["reduction"])
+    return reduce_elementwise(values, t.get("weight"), o["reduction"])
 
 
 def _cross_entropy(t: dict[str, Tensor], o: dict[str, Any]) -> Tensor:
