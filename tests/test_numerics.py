@@ -163,3 +163,34 @@ def test_nan_embeddings_give_nan_on_every_pairwise_path(backend):
         assert np.isnan(fl.contrastive_loss(e, labels, backend=backend))
         assert np.isnan(fl.contrastive_loss(e, labels, normalize_embeddings=False,
                                             backend=backend))
+
+
+@pytest.mark.parametrize("backend", ["c", "numba"])
+def test_a_single_weight_is_a_factor_not_an_array(backend):
+    """A (1,) / () weight with mean or sum is applied as a factor: no weight array of
+    the input's size on the host (a (1,) weight on 1e6 float64 made an 8 MB copy),
+    and the value and gradient of the materialised weight, 0 and negatives included."""
+    import tracemalloc
+    if not fl.backends()[backend].available:
+        pytest.skip(fl.backends()[backend].reason)
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal(1_000_000), rng.standard_normal(1_000_000)
+    for w in (np.array([2.5]), np.array(0.0), 3.0, np.array([-1.0])):
+        full = np.full(x.shape, float(np.asarray(w).reshape(-1)[0]))
+        for name in ("mse_loss", "huber_loss", "binary_cross_entropy_with_logits"):
+            yy = (y > 0).astype(float) if name.startswith("binary") else y
+            for reduction in ("mean", "sum"):
+                got = getattr(fl, name)(x, yy, weight=w, reduction=reduction, return_grad=True,
+                                        backend=backend)
+                want = getattr(fl, name)(x, yy, weight=full, reduction=reduction,
+                                         return_grad=True, backend="numpy")
+                np.testing.assert_allclose(got[0], want[0], rtol=1e-10)
+                np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+    fl.mse_loss(x, y, weight=np.array([2.0]), backend=backend)      # (compiled first)
+    tracemalloc.start()
+    try:
+        fl.mse_loss(x, y, weight=np.array([2.0]), return_grad=True, backend=backend)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8_000_000 + 1_000_000      # the gradient (8 MB) and no weight copy

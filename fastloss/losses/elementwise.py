@@ -160,19 +160,32 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
         arrays = {k: _gpu_layout(m, shape, k, periodic=k not in ("input", "target"))
                   for k, m in metas.items()}
     else:
+        uniform = None
+        w_meta = metas.get("weight")
+        if w_meta is not None and w_meta.size == 1 and reduction != "none":
+            # one weight for every element: a factor of the sum and the gradient, not
+            # an array of the input's size (a (1,) weight on 5M float64 was 40 MB)
+            uniform = float(dtype.type(np.asarray(w_meta.array).reshape(-1)[0]))
+            metas = {k: m for k, m in metas.items() if k != "weight"}
         arrays = {k: _host_layout(m, shape, dtype) for k, m in metas.items()}
+        return _launch(loss, module, arrays, param_name, shape, dtype, False, p0, p1,
+                       reduction, return_grad, uniform)
     return _launch(loss, module, arrays, param_name, shape, dtype, x.on_gpu, p0, p1, reduction,
                    return_grad)
 
 
 def _launch(loss, module, arrays, param_name, shape, dtype, on_gpu, p0, p1, reduction,
-            return_grad):
-    """Run the kernel on laid-out arrays and shape its results."""
+            return_grad, uniform_weight=None):
+    """Run the kernel on laid-out arrays and shape its results.  ``uniform_weight``:
+    a weight of one value, applied as a factor (not in ``arrays``)."""
     n = arrays["input"].size
-    scale = 1.0
+    w = arrays.get("weight")
+    factor = 1.0 if uniform_weight is None else uniform_weight  # the weight outside the kernel
+    scale = factor
     if reduction == "mean":
-        w = arrays.get("weight")
-        if loss.mean_by_weight_sum and w is not None:
+        if loss.mean_by_weight_sum and uniform_weight is not None:
+            denom = uniform_weight * n
+        elif loss.mean_by_weight_sum and w is not None:
             weight_sum = module.sum_float64 if on_gpu else _host_sum
             # a periodic GPU weight repeats n // w.size times
             denom = weight_sum(w) * (n // w.size) if w.size else 0.0
@@ -180,7 +193,7 @@ def _launch(loss, module, arrays, param_name, shape, dtype, on_gpu, p0, p1, redu
             denom = float(n)
         # a zero denominator divides as PyTorch's sum / weight.sum() does: ±inf for a
         # non-zero sum, nan for 0/0 (0 · inf) -- also for an empty input
-        scale = 1.0 / denom if denom != 0 else math.copysign(math.inf, denom)
+        scale = factor / denom if denom != 0 else factor * math.copysign(math.inf, denom)
     call = ElementwiseCall(
         loss=loss.kernel, input=arrays["input"], target=arrays["target"],
         weight=arrays.get("weight"), param=arrays.get(param_name), p0=float(p0), p1=float(p1),
