@@ -156,11 +156,11 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
     if name == "numpy":
         return _run_reference(loss, metas, param_name, reference_kwargs or {}, reduction,
                               return_grad, dtype)
+    uniform = None
     if x.on_gpu:
         arrays = {k: _gpu_layout(m, shape, k, periodic=k not in ("input", "target"))
                   for k, m in metas.items()}
     else:
-        uniform = None
         w_meta = metas.get("weight")
         if w_meta is not None and w_meta.size == 1 and reduction != "none":
             # one weight for every element: a factor of the sum and the gradient, not
@@ -168,10 +168,8 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
             uniform = float(dtype.type(np.asarray(w_meta.array).reshape(-1)[0]))
             metas = {k: m for k, m in metas.items() if k != "weight"}
         arrays = {k: _host_layout(m, shape, dtype) for k, m in metas.items()}
-        return _launch(loss, module, arrays, param_name, shape, dtype, False, p0, p1,
-                       reduction, return_grad, uniform)
     return _launch(loss, module, arrays, param_name, shape, dtype, x.on_gpu, p0, p1, reduction,
-                   return_grad)
+                   return_grad, uniform)
 
 
 def _launch(loss, module, arrays, param_name, shape, dtype, on_gpu, p0, p1, reduction,
