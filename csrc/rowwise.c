@@ -203,8 +203,8 @@ typedef struct {
 } rw_scan;
 
 /* IT: the integer type the checks run in (int32 where the label type fits:
- * twice the lanes of int64) */
-#define SCAN(TY, IT, IG, CL)                                                          \
+ * twice the lanes of int64), UT its unsigned twin (y < 0 is y >= cl unsigned) */
+#define SCAN(TY, IT, UT, IG, CL)                                                      \
     {                                                                                 \
         const TY *b = (const TY *)labels + r0;                                        \
         const IT ig = (IT)(IG), cl = (IT)(CL);                                        \
@@ -212,7 +212,7 @@ typedef struct {
         for (int r = 0; r < m; r++) {                                                 \
             const IT y = (IT)b[r];                                                    \
             const IT keep = y != ig || no_ignore;                                     \
-            bad |= keep & (y < 0 || y >= cl);                                         \
+            bad |= keep & ((UT)y >= (UT)cl);                                          \
             valid += keep;                                                            \
         }                                                                             \
         if (bad)                                                                      \
@@ -232,9 +232,9 @@ typedef struct {
     }
 
 /* labels [r0, r0 + m) */
-static void rw_scan_block(int label_type, const void *labels, int64_t r0, int m,
-                          int64_t classes, int64_t ignore_index, const double *weight,
-                          rw_scan *out)
+FL_INLINE void rw_scan_block_impl(int label_type, const void *labels, int64_t r0, int m,
+                                  int64_t classes, int64_t ignore_index, const double *weight,
+                                  rw_scan *out)
 {
     double ws = 0.0;
     out->bad = -1;
@@ -249,19 +249,39 @@ static void rw_scan_block(int label_type, const void *labels, int64_t r0, int m,
     switch (label_type) {
     case 0:
         if (ig_fits)
-            SCAN(int32_t, int32_t, ignore_index, cl32)
+            SCAN(int32_t, int32_t, uint32_t, ignore_index, cl32)
         else
-            SCAN(int32_t, int64_t, ignore_index, classes)
+            SCAN(int32_t, int64_t, uint64_t, ignore_index, classes)
         break;
-    case 1: SCAN(int64_t, int64_t, ignore_index, classes) break;
+    case 1: SCAN(int64_t, int64_t, uint64_t, ignore_index, classes) break;
     default:
         if (ig_fits)
-            SCAN(uint8_t, int32_t, ignore_index, cl32)
+            SCAN(uint8_t, int32_t, uint32_t, ignore_index, cl32)
         else
-            SCAN(uint8_t, int32_t, -1, cl32)   /* no uint8 label is -1 */
+            SCAN(uint8_t, int32_t, uint32_t, -1, cl32)   /* no uint8 label is -1 */
         break;
     }
     out->wsum = weight ? ws : (double)out->count;
+}
+
+/* per ISA path: int64 labels need AVX2's 64-bit compares to vectorise (4x faster) */
+#define RW_SCAN_ARGS                                                                    \
+    int label_type, const void *labels, int64_t r0, int m, int64_t classes,          \
+        int64_t ignore_index, const double *weight, rw_scan *out
+#define RW_SCAN_PASS label_type, labels, r0, m, classes, ignore_index, weight, out
+static void rw_scan_block_base(RW_SCAN_ARGS) { rw_scan_block_impl(RW_SCAN_PASS); }
+#if FL_X86
+FL_TARGET_AVX2 static void rw_scan_block_avx2(RW_SCAN_ARGS) { rw_scan_block_impl(RW_SCAN_PASS); }
+#endif
+static void rw_scan_block(RW_SCAN_ARGS)
+{
+#if FL_X86
+    if (fl_isa_now() >= FL_ISA_AVX2) {
+        rw_scan_block_avx2(RW_SCAN_PASS);
+        return;
+    }
+#endif
+    rw_scan_block_base(RW_SCAN_PASS);
 }
 
 typedef struct {

@@ -525,22 +525,46 @@ FL_ATTR static void RW(unit)(void *ctx, int64_t u)
         const int64_t hi = lo + J->rows_per_unit < R ? lo + J->rows_per_unit : R;
         double s = 0.0;
         if (J->loss == RW_LOSS(nll)) {   /* a gather: a tight loop keeps many loads in flight */
-            const T *x = (const T *)A->input;
-            T *out = (T *)A->out, *g = (T *)A->grad;
+            /* (the arguments in locals: the stores through out and g could alias *A, and
+             * reloading it every row made this loop 3x slower) */
+            const T *const x = (const T *)A->input;
+            T *const out = (T *)A->out, *const g = (T *)A->grad;
+            const double *const weight = A->weight;
+            const int64_t ignore = A->ignore_index;
+            const double gs = J->gs;
             double lane[4] = {0.0, 0.0, 0.0, 0.0};   /* 4 sums: no serial chain of adds */
-            for (int64_t r = lo; r < hi; r++) {
-                const int64_t y = rw_label(A, r);
-                const int ok = y != A->ignore_index;
-                const double wy = ok && A->weight ? A->weight[y] : 1.0;
-                const double v = ok ? -wy * (double)x[r * C + y] : 0.0;
-                if (g) {
-                    memset(g + r * C, 0, (size_t)C * sizeof(T));
-                    if (ok)
-                        g[r * C + y] = (T)(-J->gs * wy);
+            if (!out && !g && !weight && A->label_type == 1) {   /* the value of int64 labels */
+                const int64_t *const label = (const int64_t *)A->target;
+                double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0;
+                int64_t r = lo;
+                for (; r + 4 <= hi; r += 4) {   /* row r + k adds to lane k, as below */
+                    const int64_t y0 = label[r], y1 = label[r + 1], y2 = label[r + 2],
+                                  y3 = label[r + 3];
+                    l0 += y0 != ignore ? -(double)x[r * C + y0] : 0.0;
+                    l1 += y1 != ignore ? -(double)x[(r + 1) * C + y1] : 0.0;
+                    l2 += y2 != ignore ? -(double)x[(r + 2) * C + y2] : 0.0;
+                    l3 += y3 != ignore ? -(double)x[(r + 3) * C + y3] : 0.0;
                 }
-                if (out)
-                    out[r] = (T)v;
-                lane[(r - lo) & 3] += v;
+                lane[0] = l0, lane[1] = l1, lane[2] = l2, lane[3] = l3;
+                for (; r < hi; r++) {
+                    const int64_t y = label[r];
+                    lane[(r - lo) & 3] += y != ignore ? -(double)x[r * C + y] : 0.0;
+                }
+            } else {
+                for (int64_t r = lo; r < hi; r++) {
+                    const int64_t y = rw_label(A, r);
+                    const int ok = y != ignore;
+                    const double wy = ok && weight ? weight[y] : 1.0;
+                    const double v = ok ? -wy * (double)x[r * C + y] : 0.0;
+                    if (g) {
+                        memset(g + r * C, 0, (size_t)C * sizeof(T));
+                        if (ok)
+                            g[r * C + y] = (T)(-gs * wy);
+                    }
+                    if (out)
+                        out[r] = (T)v;
+                    lane[(r - lo) & 3] += v;
+                }
             }
             J->partials[u] = (lane[0] + lane[1]) + (lane[2] + lane[3]);
             break;

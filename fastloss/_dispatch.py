@@ -156,6 +156,22 @@ def _environment_backend() -> str | None:
 _automatic: dict[bool, tuple[str, Any]] = {}
 
 
+def host_fast_path(backend: str | None) -> Any:
+    """``fastloss._fastcall`` when a host call with this ``backend`` argument runs on
+    the C backend (by ``backend``, ``use_backend``, ``FASTLOSS_BACKEND`` or the
+    automatic choice), else None.  It raises nothing: a call it does not take
+    goes on to :func:`select`, which reports what is wrong."""
+    if backend is None:
+        backend = _context.get() or _environment_backend()
+        if backend is None:
+            name, module = _automatic.get(False) or _choose_automatically(False)
+            return module.fast if name == "c" else None
+    if backend != "c":
+        return None
+    module = _loaded.get("c")
+    return module.fast if module is not None else None  # type: ignore[attr-defined]
+
+
 def _choose_automatically(on_gpu: bool) -> tuple[str, Any]:
     candidates = ("cuda",) if on_gpu else ("c", "numba", "numpy")
     for name in candidates:

@@ -24,6 +24,24 @@ def _spy(monkeypatch):
         picked.append(name)
         return name, module
     monkeypatch.setattr(_dispatch, "select", select)
+    real_fast = _dispatch.host_fast_path
+
+    class Recorded:   # the compiled entry point: a call it takes runs the C kernels
+        def __init__(self, fast):
+            self.fast = fast
+
+        def __getattr__(self, name):
+            def call(*args):
+                result = getattr(self.fast, name)(*args)
+                if result is not NotImplemented:
+                    picked.append("c")
+                return result
+            return call
+
+    def host_fast_path(backend):
+        fast = real_fast(backend)
+        return None if fast is None else Recorded(fast)
+    monkeypatch.setattr(_dispatch, "host_fast_path", host_fast_path)
     return picked
 
 

@@ -32,6 +32,31 @@ if _native is not None:
     _LOSS_IDS = {ffi.string(lib.fl_ew_name(i)).decode(): i for i in range(lib.fl_ew_count())}
     _ROW_IDS = {ffi.string(lib.fl_row_name(i)).decode(): i for i in range(lib.fl_row_count())}
 
+#: the compiled entry point of the common small call (csrc/py/fastcall.c), given the
+#: kernels' addresses; None where it is not built (the Python path then runs every call)
+fast = None
+if _native is not None:
+    try:
+        from .. import _fastcall  # type: ignore[attr-defined]
+    except ImportError:
+        _fastcall = None
+    if _fastcall is not None:
+        _fastcall.init(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, symbol))) for symbol in
+                         ("fl_elementwise", "fl_rowwise", "fl_find_outside", "fl_find_not_pm1")),
+                       np.ndarray, np.empty, np.dtype(np.float32), np.dtype(np.float64),
+                       np.float32, np.float64)
+        fast = _fastcall
+
+def elementwise_id(kernel: str) -> int:
+    """The id of an elementwise kernel in fl_elementwise."""
+    return _LOSS_IDS[kernel]
+
+
+def row_id(kernel: str) -> int:
+    """The id of a row-wise kernel in fl_rowwise."""
+    return _ROW_IDS[kernel]
+
+
 #: label dtypes the C kernels read directly (others are converted to int64 first)
 _LABEL_TYPES = {np.dtype(np.int32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2}
 

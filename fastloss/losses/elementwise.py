@@ -101,9 +101,35 @@ def _simple_plan(loss, shape, dtype, reduction, return_grad, p0, p1) -> _Plan:
     return _Plan(n, shape, reduction == "none", dtype.type, call, {})
 
 
+#: the compiled entry point's arguments per loss, made on first use: (the kernel's id in
+#: fastloss._native, its value check: 0 none, 1 input and target in [0, 1], 2 target
+#: ±1; csrc/py/fastcall.c)
+_FAST_ARGS: dict[str, tuple[int, int]] = {}
+
+
+def _fast_args(loss: _Loss) -> tuple[int, int]:
+    from ..kernels import native
+    check = (1 if loss.input_range == loss.target_range == (0.0, 1.0) else
+             2 if loss.target_pm1 and not (loss.input_range or loss.target_range) else
+             0 if not loss.checks_values else None)
+    if check is None:
+        raise AssertionError(f"{loss.name}: a value check the compiled entry point lacks")
+    args = _FAST_ARGS[loss.name] = native.elementwise_id(loss.kernel), check
+    return args
+
+
 def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
          p0=0.0, p1=0.0, param=None, param_name=None, reference_kwargs=None,
          target_may_broadcast=False):
+    if weight is None and param is None:
+        # the common small call, whole in C (or NotImplemented: then the path below
+        # runs it and raises what it raises)
+        fast = _dispatch.host_fast_path(backend)
+        if fast is not None:
+            result = fast.elementwise(*(_FAST_ARGS.get(loss.name) or _fast_args(loss)), input,
+                                      target, reduction, return_grad, p0, p1)
+            if result is not NotImplemented:
+                return result
     if reduction not in REDUCTIONS:
         check_reduction(reduction)
     if return_grad is not True and return_grad is not False:

@@ -41,12 +41,16 @@ MEAN_DIVIDES_BY = {r.name: r.mean for r in records("multiclass")}
 
 _LABEL_DTYPES = frozenset(np.dtype(name) for name in LABEL_DTYPES)
 
-#: how "mean" divides the sum of the row values, per loss: "weight" the weights of the
-#: non-ignored targets (their count without a weight; every row for probability
-#: targets), "valid" the number of non-ignored targets, "rows" the number of rows
-MEAN_DIVIDES_BY = {"cross_entropy": "weight", "nll_loss": "weight",
-                   "softmax_focal_loss": "valid", "multi_margin_loss": "rows",
-                   "multiclass_hinge_loss": "rows"}
+#: the compiled entry point's arguments per loss, made on first use: (the kernel's id in
+#: fastloss._native, how its mean divides: 0 weight, 1 count, 2 rows; csrc/py/fastcall.c)
+_FAST_ARGS: dict[str, tuple[int, int]] = {}
+
+
+def _fast_args(public) -> tuple[int, int]:
+    from ..kernels import native
+    mean = ("weight", "valid", "rows").index(MEAN_DIVIDES_BY[public])
+    args = _FAST_ARGS[public] = native.row_id(MULTICLASS_LOSSES[public][0]), mean
+    return args
 
 
 def _check_int(value, name) -> int:
@@ -164,6 +168,17 @@ def _run(public, input, target, *, reduction, return_grad, backend, weight=None,
          allow_prob=False, reference_kwargs=None):
     if reduction not in REDUCTIONS:
         check_reduction(reduction)
+    if weight is None and alpha is None:
+        # the common small call, whole in C (or NotImplemented: then the path below
+        # runs it and raises what it raises)
+        fast = _dispatch.host_fast_path(backend)
+        if fast is not None:
+            result = fast.rowwise(*(_FAST_ARGS.get(public) or _fast_args(public)), input,
+                                  target, reduction, return_grad,
+                                  _NO_IGNORE if ignore_index is None else ignore_index,
+                                  smoothing, z_loss, p0, p1)
+            if result is not NotImplemented:
+                return result
     if return_grad is not True and return_grad is not False:
         return_grad = check_bool(return_grad, "return_grad")
     if (type(input) is np.ndarray and type(target) is np.ndarray
