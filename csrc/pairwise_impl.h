@@ -512,7 +512,25 @@ FL_ATTR static void PW(unit)(void *ctx, int64_t unit)
 FL_ATTR static double PW(pnorm)(const T *u, const T *w, int64_t D, double eps, double p, double *g)
 {
     double s = 0;
-    for (int64_t k = 0; k < D; k++) {
+    int64_t k0 = 0;
+    if (p == 2.0 || p == 1.0) {
+        /* 8 partial sums in a fixed order: the loop vectorises, and no add waits on
+         * the one before (a serial chain made this 4x slower) */
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#define PW_NORM_SUM(term)                                                    \
+    for (; k0 + 8 <= D; k0 += 8)                                             \
+        for (int j = 0; j < 8; j++) {                                        \
+            const double v = (double)u[k0 + j] - (double)w[k0 + j] + eps;    \
+            acc[j] += term;                                                  \
+        }
+        if (p == 2.0)   /* (one loop per norm: a select inside would not vectorise) */
+            PW_NORM_SUM(v * v)
+        else
+            PW_NORM_SUM(fabs(v))
+#undef PW_NORM_SUM
+        s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    }
+    for (int64_t k = k0; k < D; k++) {
         const double v = (double)u[k] - (double)w[k] + eps;
         s += p == 2.0 ? v * v : p == 1.0 ? fabs(v) : pow(fabs(v), p);
     }
