@@ -226,7 +226,10 @@ int fl_pair(int dtype, fl_pair_args *args);
  * passes at loss = 0 as torch's clamp_min); kind 1 InfoNCE
  * with paired negatives (a = queries, p = positive keys (rows, d), n =
  * negatives (rows, m, d), rows normalized: z = scale [q.k, q.n_1 ...],
- * loss = logsumexp(z) - z_0).  Gradients (if ga) = gain * d loss / d (a, p, n). */
+ * loss = logsumexp(z) - z_0).  Gradients (if ga) = gain * d loss / d (a, p, n).
+ * The host glue of the pairwise losses: kind 2 row norms (loss[i] = ||a_i||_2,
+ * and if ga, ga_i = a_i / max(||a_i||, eps) in the dtype); kind 3 row dots
+ * (loss[i] = a_i . p_i).  Sums in float64, in a fixed order. */
 typedef struct {
     int kind;
     const void *a;

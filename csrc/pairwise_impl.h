@@ -624,11 +624,51 @@ FL_ATTR static void PW(info_nce_row)(const fl_pair_rows_args *A, int64_t i, doub
         gq[c] = (T)(g * acc[c]);
 }
 
+/* sum_k u_k w_k in float64 (u_k^2 with w = u): 8 partial sums in a fixed order */
+FL_ATTR static double PW(row_dot)(const T *u, const T *w, int64_t D)
+{
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t k0 = 0;
+    for (; k0 + 8 <= D; k0 += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += (double)u[k0 + j] * (double)w[k0 + j];
+    double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int64_t k = k0; k < D; k++)
+        s += (double)u[k] * (double)w[k];
+    return s;
+}
+
+/* kind 2: loss[i] = ||a_i||, and (if ga) ga_i = a_i / max(||a_i||, eps) in the dtype;
+ * kind 3: loss[i] = a_i . p_i */
+FL_ATTR static void PW(glue_row)(const fl_pair_rows_args *A, int64_t i)
+{
+    const int64_t D = A->d;
+    const T *a = (const T *)A->a + i * D;
+    if (A->kind == 3) {
+        A->loss[i] = PW(row_dot)(a, (const T *)A->p + i * D, D);
+        return;
+    }
+    const double norm = sqrt(PW(row_dot)(a, a, D));
+    A->loss[i] = norm;
+    if (A->ga) {
+        /* max(norm, eps), NaN staying NaN as np.maximum's */
+        const double den = norm != norm || norm > A->eps ? norm : A->eps;
+        T *o = (T *)A->ga + i * D;
+        for (int64_t k = 0; k < D; k++)
+            o[k] = (T)((double)a[k] / den);
+    }
+}
+
 FL_ATTR static void PW(rows_unit)(void *ctx, int64_t unit)
 {
     pw_rows_job *J = ctx;
     const fl_pair_rows_args *A = J->A;
     const int64_t r0 = unit * PW_ROWS, r1 = r0 + PW_ROWS < A->rows ? r0 + PW_ROWS : A->rows;
+    if (A->kind >= 2) {
+        for (int64_t i = r0; i < r1; i++)
+            PW(glue_row)(A, i);
+        return;
+    }
     const size_t nw = A->kind == 0 ? (size_t)(3 * A->d) : (size_t)(A->m + 1 + A->d);
     double *w = malloc(nw * sizeof(double));
     if (!w) {

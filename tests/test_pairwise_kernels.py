@@ -713,6 +713,38 @@ def test_numba_cuda_repeatable(gpu):
         assert x.tobytes() == y.tobytes()
 
 
+# --- C row glue (the C backend's normalize_rows and row_dots) -------------------------------
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+@pytest.mark.parametrize("d", [1, 5, 8, 37, 300])
+def test_c_row_glue_against_the_spec(dtype, d):
+    if not available("c"):
+        pytest.skip("needs the C backend")
+    from fastloss.kernels import native
+    rng = np.random.default_rng(23)
+    x = rows(rng, 300, d, dtype) * 3
+    x[2] = 0.0                     # a zero row stays zero
+    x[4] = 1e-14                   # below eps: divided by eps
+    x[5, 0] = np.nan               # nan row: nan out, as NumPy's glue
+    x0 = x.copy()
+    for eps in (1e-12, 1e-3):
+        xhat, nrm = native.normalize_rows(x, eps)
+        want, want_nrm = spec_normalize(np.where(np.isnan(x), 0, x), eps)
+        assert nrm.dtype == F64 and xhat.dtype == dtype
+        keep = np.arange(300) != 5
+        close(nrm[keep], want_nrm[keep], F64)
+        close(xhat[keep], want[keep], dtype)
+        assert not xhat[2].any() and np.isnan(xhat[5]).all() and np.isnan(nrm[5])
+        # into a view of a larger array (NT-Xent's two views in one buffer)
+        big = np.full((320, d), 7.0, dtype)
+        native.normalize_rows(x, eps, out=big[10:310])
+        np.testing.assert_array_equal(big[10:310], xhat)
+        assert (big[:10] == 7).all() and (big[310:] == 7).all()
+    y = rows(rng, 300, d, dtype)
+    dots = native.row_dots(x, y)
+    close(dots[keep], np.einsum("ij,ij->i", f64(x), f64(y))[keep], F64)
+    np.testing.assert_array_equal(x, x0)
+
+
 # --- CUDA row glue ----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_numba_cuda_normalize_rows(gpu, dtype):

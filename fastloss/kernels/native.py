@@ -475,6 +475,30 @@ def triplet_rows(anchor, positive, negative, margin, p, eps, swap, want_grad, ga
                       p_norm=float(p), eps=float(eps), swap=int(bool(swap)), gain=float(gain))
 
 
+def normalize_rows(x, eps, out=None):
+    """(x / max(||x_i||, eps) in x's dtype, the float64 norms (N,)): the host glue
+    of the pairwise losses, in C (see kernels.PAIR_ROW_GLUE)."""
+    out = np.empty_like(x) if out is None else out
+    norm = np.empty(x.shape[0], np.float64)
+    args = ffi.new("fl_pair_rows_args *")
+    args.kind, args.rows, args.d, args.eps = 2, x.shape[0], x.shape[1], float(eps)
+    xb, nb, ob = _c_buffer(x), ffi.from_buffer(norm), ffi.from_buffer(out)
+    args.a, args.loss, args.ga = xb, ffi.cast("double *", nb), ob
+    _check_rc(lib.fl_pair_rows(_DTYPE_IDS[x.dtype], args), "row norms")
+    return out, norm
+
+
+def row_dots(a, b):
+    """sum_d a_id b_id per row, in float64 (N,) (see kernels.PAIR_ROW_GLUE)."""
+    out = np.empty(a.shape[0], np.float64)
+    args = ffi.new("fl_pair_rows_args *")
+    args.kind, args.rows, args.d = 3, a.shape[0], a.shape[1]
+    ab, bb, ob = _c_buffer(a), _c_buffer(b), ffi.from_buffer(out)
+    args.a, args.p, args.loss = ab, bb, ffi.cast("double *", ob)
+    _check_rc(lib.fl_pair_rows(_DTYPE_IDS[a.dtype], args), "row dots")
+    return out
+
+
 def info_nce_paired(q, k, neg, scale, want_grad, gain):
     return _pair_rows(1, q, k, neg, neg.shape[1], want_grad, scale=float(scale),
                       gain=float(gain))

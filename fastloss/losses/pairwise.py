@@ -131,6 +131,19 @@ _HOST_ROWS = types.SimpleNamespace(
     pair_rows_grad=_pair_rows_grad)
 
 
+_ROWS_OF_BACKEND: dict = {}
+
+
+def _host_rows(module):
+    """The host glue of a CPU backend: its own compiled versions of the glue
+    functions where it has them (the C backend: norms and dots), NumPy's otherwise."""
+    rows = _ROWS_OF_BACKEND.get(module)
+    if rows is None:
+        own = {name: getattr(module, name) for name in vars(_HOST_ROWS) if hasattr(module, name)}
+        rows = _ROWS_OF_BACKEND[module] = types.SimpleNamespace(**{**vars(_HOST_ROWS), **own})
+    return rows
+
+
 # ---------------------------------------------------------------- validation
 def _check_choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
@@ -198,7 +211,7 @@ class _Batch:
         self.arrays = {n: (m.array if self.on_gpu else np.ascontiguousarray(m.array))
                        for n, m in metas.items()}
         self.name, self.module = _dispatch.select(backend, self.on_gpu)
-        self.rows = self.module if self.on_gpu else _HOST_ROWS
+        self.rows = self.module if self.on_gpu else _host_rows(self.module)
 
     def value(self, v):
         """A float64 result in the embeddings' dtype: a scalar, or for "none" an array
