@@ -229,7 +229,11 @@ int fl_pair(int dtype, fl_pair_args *args);
  * loss = logsumexp(z) - z_0).  Gradients (if ga) = gain * d loss / d (a, p, n).
  * The host glue of the pairwise losses: kind 2 row norms (loss[i] = ||a_i||_2,
  * and if ga, ga_i = a_i / max(||a_i||, eps) in the dtype); kind 3 row dots
- * (loss[i] = a_i . p_i).  Sums in float64, in a fixed order. */
+ * (loss[i] = a_i . p_i); kind 4 the normalization's backward (a = g, p = the
+ * normalized rows u, or x itself with raw, norms = ||x_i||: ga_i = (g_i - u_i
+ * (u_i . g_i)) / norms_i where norms_i >= eps, else g_i / eps; ga may be a);
+ * kind 5 a scaled copy (ga_i = c_i a_i, c_i = norms_i, or scale if norms is
+ * NULL).  Sums and products in float64, in a fixed order. */
 typedef struct {
     int kind;
     const void *a;
@@ -243,6 +247,8 @@ typedef struct {
     void *ga;                /* NULL: no gradients */
     void *gp;
     void *gn;
+    const double *norms;     /* kinds 4, 5 (N,) */
+    int raw;                 /* kind 4 */
 } fl_pair_rows_args;
 
 int fl_pair_rows(int dtype, fl_pair_rows_args *args);

@@ -122,9 +122,11 @@ int fl_pair(int dtype, fl_pair_args *A)
 
 int fl_pair_rows(int dtype, fl_pair_rows_args *A)
 {
-    if (!A || (dtype != 0 && dtype != 1) || A->kind < 0 || A->kind > 3 || A->rows < 0 ||
-        A->d < 1 || A->m < 0 || !A->loss || (A->rows && !A->a) ||
-        (A->rows && A->kind <= 1 && (!A->p || !A->n)) || (A->rows && A->kind == 3 && !A->p) ||
+    if (!A || (dtype != 0 && dtype != 1) || A->kind < 0 || A->kind > 5 || A->rows < 0 ||
+        A->d < 1 || A->m < 0 || (A->kind <= 3 && !A->loss) || (A->rows && !A->a) ||
+        (A->rows && A->kind <= 1 && (!A->p || !A->n)) ||
+        (A->rows && (A->kind == 3 || A->kind == 4) && !A->p) ||
+        (A->kind == 4 && !A->norms) || (A->kind >= 4 && !A->ga) ||
         (A->kind <= 1 && A->ga && (!A->gp || !A->gn)))
         return -1;
     if (A->rows == 0)

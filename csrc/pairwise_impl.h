@@ -648,6 +648,38 @@ FL_ATTR static void PW(glue_row)(const fl_pair_rows_args *A, int64_t i)
         A->loss[i] = PW(row_dot)(a, (const T *)A->p + i * D, D);
         return;
     }
+    if (A->kind == 5) {
+        const double c = A->norms ? A->norms[i] : A->scale;
+        T *o = (T *)A->ga + i * D;
+        for (int64_t k = 0; k < D; k++)
+            o[k] = (T)(c * (double)a[k]);
+        return;
+    }
+    if (A->kind == 4) {   /* a = g; o may be g itself: every g_k is read before o_k is written */
+        const T *u = (const T *)A->p + i * D;
+        const double nb = A->norms[i];
+        T *o = (T *)A->ga + i * D;
+        if (!(nb >= A->eps)) {   /* (NaN too, as NumPy's glue) */
+            for (int64_t k = 0; k < D; k++)
+                o[k] = (T)((double)a[k] / A->eps);
+            return;
+        }
+        /* raw: u = x / max(nb, eps) = x / nb here */
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t k0 = 0;
+        for (; k0 + 8 <= D; k0 += 8)
+            for (int j = 0; j < 8; j++)
+                acc[j] += (double)a[k0 + j] * (A->raw ? (double)u[k0 + j] / nb : (double)u[k0 + j]);
+        double proj = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+                      ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (int64_t k = k0; k < D; k++)
+            proj += (double)a[k] * (A->raw ? (double)u[k] / nb : (double)u[k]);
+        for (int64_t k = 0; k < D; k++) {
+            const double uk = A->raw ? (double)u[k] / nb : (double)u[k];
+            o[k] = (T)(((double)a[k] - uk * proj) / nb);
+        }
+        return;
+    }
     const double norm = sqrt(PW(row_dot)(a, a, D));
     A->loss[i] = norm;
     if (A->ga) {

@@ -742,6 +742,26 @@ def test_c_row_glue_against_the_spec(dtype, d):
     y = rows(rng, 300, d, dtype)
     dots = native.row_dots(x, y)
     close(dots[keep], np.einsum("ij,ij->i", f64(x), f64(y))[keep], F64)
+    # the normalization's backward, from the normalized rows and from x itself (raw),
+    # into a new array and in place; below eps (and nan norms): g / eps
+    g = rows(rng, 300, d, dtype)
+    for eps in (1e-12, 1e-3):
+        xhat, nrm = native.normalize_rows(x, eps)
+        for raw, u in ((False, xhat), (True, x)):
+            back = native.normalize_rows_backward(g, u, nrm, eps, raw=raw)
+            want = spec_normalize_backward(g, xhat, nrm, eps)
+            assert back.dtype == dtype
+            close(back[keep], want[keep], dtype, scale=1.0 / eps if eps > 1e-6 else 1.0)
+            np.testing.assert_allclose(back[5], f64(g[5]) / eps, rtol=1e-6)
+            inplace = g.copy()
+            native.normalize_rows_backward(inplace, u, nrm, eps, out=inplace, raw=raw)
+            np.testing.assert_array_equal(inplace, back)
+    out = np.empty_like(x)
+    coef = rng.standard_normal(300)
+    native.scaled_copy(out, y, coef)
+    np.testing.assert_array_equal(out, (coef[:, None] * f64(y)).astype(dtype))
+    native.scaled_copy(out, y, -0.25)
+    np.testing.assert_array_equal(out, (-0.25 * f64(y)).astype(dtype))
     np.testing.assert_array_equal(x, x0)
 
 

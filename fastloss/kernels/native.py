@@ -499,6 +499,36 @@ def row_dots(a, b):
     return out
 
 
+def normalize_rows_backward(g, xhat, norm, eps, out=None, raw=False):
+    """The gradient for x from g, the gradient for its normalized rows (see
+    kernels.PAIR_ROW_GLUE); ``out`` may be g itself."""
+    out = np.empty_like(g) if out is None else out
+    norm = np.ascontiguousarray(norm, np.float64)
+    args = ffi.new("fl_pair_rows_args *")
+    args.kind, args.rows, args.d, args.eps, args.raw = 4, g.shape[0], g.shape[1], float(eps), \
+        int(bool(raw))
+    gb, ub, nb, ob = _c_buffer(g), _c_buffer(xhat), ffi.from_buffer(norm), ffi.from_buffer(out)
+    args.a, args.p, args.norms, args.ga = gb, ub, ffi.cast("double *", nb), ob
+    _check_rc(lib.fl_pair_rows(_DTYPE_IDS[g.dtype], args), "normalization backward")
+    return out
+
+
+def scaled_copy(out, a, coef):
+    """out = coef * a per row, coef a float or a float64 (N,) array (see
+    kernels.PAIR_ROW_GLUE)."""
+    args = ffi.new("fl_pair_rows_args *")
+    args.kind, args.rows, args.d = 5, a.shape[0], a.shape[1]
+    ab, ob, cb = _c_buffer(a), ffi.from_buffer(out), None
+    if np.ndim(coef):
+        coef = np.ascontiguousarray(coef, np.float64)
+        cb = ffi.from_buffer(coef)
+        args.norms = ffi.cast("double *", cb)
+    else:
+        args.scale = float(coef)
+    args.a, args.ga = ab, ob
+    _check_rc(lib.fl_pair_rows(_DTYPE_IDS[a.dtype], args), "scaled copy")
+
+
 def info_nce_paired(q, k, neg, scale, want_grad, gain):
     return _pair_rows(1, q, k, neg, neg.shape[1], want_grad, scale=float(scale),
                       gain=float(gain))
