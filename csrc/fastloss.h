@@ -233,7 +233,10 @@ int fl_pair(int dtype, fl_pair_args *args);
  * normalized rows u, or x itself with raw, norms = ||x_i||: ga_i = (g_i - u_i
  * (u_i . g_i)) / norms_i where norms_i >= eps, else g_i / eps; ga may be a);
  * kind 5 a scaled copy (ga_i = c_i a_i, c_i = norms_i, or scale if norms is
- * NULL).  Sums and products in float64, in a fixed order. */
+ * NULL); kind 6 the gradient of sum_k norms_k d(a_{pi_k}, a_{pj_k}) for m pairs
+ * (metric 0 euclidean, 1 squared, 2 cosine 1 - u.v), accumulated in float64
+ * pair by pair in blocks of 1024 (the i ends, then the j ends), into ga (the
+ * dtype).  Sums and products in float64, in a fixed order. */
 typedef struct {
     int kind;
     const void *a;
@@ -247,8 +250,11 @@ typedef struct {
     void *ga;                /* NULL: no gradients */
     void *gp;
     void *gn;
-    const double *norms;     /* kinds 4, 5 (N,) */
+    const double *norms;     /* kinds 4, 5 (N,); kind 6 the pairs' coefficients (m,) */
     int raw;                 /* kind 4 */
+    const int64_t *pi;       /* kind 6: the pairs' rows (m,) each */
+    const int64_t *pj;
+    int metric;              /* kind 6 */
 } fl_pair_rows_args;
 
 int fl_pair_rows(int dtype, fl_pair_rows_args *args);

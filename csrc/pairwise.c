@@ -122,18 +122,23 @@ int fl_pair(int dtype, fl_pair_args *A)
 
 int fl_pair_rows(int dtype, fl_pair_rows_args *A)
 {
-    if (!A || (dtype != 0 && dtype != 1) || A->kind < 0 || A->kind > 5 || A->rows < 0 ||
+    if (!A || (dtype != 0 && dtype != 1) || A->kind < 0 || A->kind > 6 || A->rows < 0 ||
         A->d < 1 || A->m < 0 || (A->kind <= 3 && !A->loss) || (A->rows && !A->a) ||
         (A->rows && A->kind <= 1 && (!A->p || !A->n)) ||
         (A->rows && (A->kind == 3 || A->kind == 4) && !A->p) ||
         (A->kind == 4 && !A->norms) || (A->kind >= 4 && !A->ga) ||
+        (A->kind == 6 && (!A->norms || (A->m && (!A->pi || !A->pj)) || A->metric < 0 ||
+                          A->metric > 2)) ||
         (A->kind <= 1 && A->ga && (!A->gp || !A->gn)))
         return -1;
     if (A->rows == 0)
         return 0;
     pw_rows_job J = {A, 0};
     const int64_t per_row = A->kind == 0 ? 3 * A->d : A->kind == 1 ? (A->m + 1) * A->d : A->d;
-    fl_parallel_for(pw_rows_units[dtype][fl_isa_now()], &J, (A->rows + PW_ROWS - 1) / PW_ROWS,
-                    fl_threads_for(A->rows * per_row));
+    if (A->kind == 6)   /* one unit: the pairs in order */
+        fl_parallel_for(pw_rows_units[dtype][fl_isa_now()], &J, 1, 1);
+    else
+        fl_parallel_for(pw_rows_units[dtype][fl_isa_now()], &J, (A->rows + PW_ROWS - 1) / PW_ROWS,
+                        fl_threads_for(A->rows * per_row));
     return J.failed ? -2 : 0;
 }

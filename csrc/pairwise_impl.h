@@ -691,10 +691,58 @@ FL_ATTR static void PW(glue_row)(const fl_pair_rows_args *A, int64_t i)
     }
 }
 
+/* kind 6 (one unit, sequential: deterministic); acc: rows * d float64 zeros */
+FL_ATTR static void PW(pairs_grad)(const fl_pair_rows_args *A, double *acc)
+{
+    const int64_t D = A->d, K = A->m;
+    const T *x = (const T *)A->a;
+    for (int64_t b0 = 0; b0 < K; b0 += 1024) {
+        const int64_t b1 = b0 + 1024 < K ? b0 + 1024 : K;
+        for (int end = 0; end < 2; end++)   /* the i ends of the block, then its j ends */
+            for (int64_t k = b0; k < b1; k++) {
+                const T *u = x + A->pi[k] * D, *v = x + A->pj[k] * D;
+                double f = 0.0;              /* d d / d u = f (u - v), or -v for cosine */
+                if (A->metric == 1) {
+                    f = 2.0;
+                } else if (A->metric == 0) {
+                    double s = 0.0;
+                    for (int64_t c = 0; c < D; c++) {
+                        const double t = (double)u[c] - (double)v[c];
+                        s += t * t;
+                    }
+                    const double dist = sqrt(s);
+                    f = dist > 0 ? 1.0 / dist : 0.0;
+                }
+                const double ck = A->norms[k];
+                double *g = acc + (end == 0 ? A->pi[k] : A->pj[k]) * D;
+                for (int64_t c = 0; c < D; c++) {
+                    const double gi = A->metric == 2 ? -(double)v[c]
+                                                     : ((double)u[c] - (double)v[c]) * f;
+                    /* j end: cosine -u, else -gi */
+                    const double ge = end == 0 ? gi : A->metric == 2 ? -(double)u[c] : -gi;
+                    g[c] += ck * ge;
+                }
+            }
+    }
+    T *o = (T *)A->ga;
+    for (int64_t e = 0; e < A->rows * D; e++)
+        o[e] = (T)acc[e];
+}
+
 FL_ATTR static void PW(rows_unit)(void *ctx, int64_t unit)
 {
     pw_rows_job *J = ctx;
     const fl_pair_rows_args *A = J->A;
+    if (A->kind == 6) {
+        double *acc = calloc((size_t)(A->rows * A->d), sizeof(double));
+        if (!acc) {
+            J->failed = 1;
+            return;
+        }
+        PW(pairs_grad)(A, acc);
+        free(acc);
+        return;
+    }
     const int64_t r0 = unit * PW_ROWS, r1 = r0 + PW_ROWS < A->rows ? r0 + PW_ROWS : A->rows;
     if (A->kind >= 2) {
         for (int64_t i = r0; i < r1; i++)

@@ -762,6 +762,27 @@ def test_c_row_glue_against_the_spec(dtype, d):
     np.testing.assert_array_equal(out, (coef[:, None] * f64(y)).astype(dtype))
     native.scaled_copy(out, y, -0.25)
     np.testing.assert_array_equal(out, (-0.25 * f64(y)).astype(dtype))
+    # the gradient of sum_k c_k d(y_i[k], y_j[k]), past one block of 1024 pairs, with
+    # repeated rows and i = j pairs (d = 0: no euclidean gradient)
+    i, j = rng.integers(0, 300, 2500), rng.integers(0, 300, 2500)
+    j[:7] = i[:7]
+    c = rng.standard_normal(2500)
+    for metric in METRICS:
+        want = np.zeros((300, d))
+        for k in range(2500):
+            u, v = f64(y[i[k]]), f64(y[j[k]])
+            if metric == "cosine":
+                gi, gj = -v, -u
+            else:
+                dist = np.sqrt(((u - v) ** 2).sum())
+                f = 2.0 if metric == "sqeuclidean" else (1.0 / dist if dist > 0 else 0.0)
+                gi = (u - v) * f
+                gj = -gi
+            want[i[k]] += c[k] * gi
+            want[j[k]] += c[k] * gj
+        got = native.pair_rows_grad(y, i, j, c, metric)
+        assert got.dtype == dtype
+        close(got, want, dtype)
     np.testing.assert_array_equal(x, x0)
 
 

@@ -529,6 +529,27 @@ def scaled_copy(out, a, coef):
     _check_rc(lib.fl_pair_rows(_DTYPE_IDS[a.dtype], args), "scaled copy")
 
 
+_METRIC_IDS = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+
+
+def pair_rows_grad(x, i, j, coef, metric):
+    """The gradient of sum_k coef_k d(x_i[k], x_j[k]) for every row of x (see
+    kernels.PAIR_ROW_GLUE), accumulated pair by pair in float64."""
+    grad = np.empty_like(x)
+    i, j = (np.ascontiguousarray(v, np.int64) for v in (i, j))
+    coef = np.ascontiguousarray(coef, np.float64)
+    args = ffi.new("fl_pair_rows_args *")
+    args.kind, args.rows, args.d, args.m = 6, x.shape[0], x.shape[1], i.size
+    args.metric = _METRIC_IDS[metric]
+    xb, ib, jb, cb, gb = (_c_buffer(x), ffi.from_buffer(i), ffi.from_buffer(j),
+                          ffi.from_buffer(coef), ffi.from_buffer(grad))
+    args.a, args.ga = xb, gb
+    args.pi, args.pj = ffi.cast("int64_t *", ib), ffi.cast("int64_t *", jb)
+    args.norms = ffi.cast("double *", cb)
+    _check_rc(lib.fl_pair_rows(_DTYPE_IDS[x.dtype], args), "pair gradients")
+    return grad
+
+
 def info_nce_paired(q, k, neg, scale, want_grad, gain):
     return _pair_rows(1, q, k, neg, neg.shape[1], want_grad, scale=float(scale),
                       gain=float(gain))
