@@ -419,7 +419,9 @@ info_nce_paired(q, k, neg, scale, want_grad, gain)
   loss_i / d inputs.
 
 Row glue for the loss layer, on the backend's device (the host backends share
-numpy versions in fastloss.losses.pairwise; numba_cuda has its own):
+numpy versions in fastloss.losses.pairwise, where a backend module does not
+have its own: native has compiled ones of all but pair_rows_distance,
+numba_cuda has all):
   normalize_rows(x, eps, out=None) -> (xhat, norm float64 (N,)):
       xhat = x / max(||x||, eps) in the dtype (torch.nn.functional.normalize;
       a zero row stays zero), written into ``out`` (N, D) when given (a view
