@@ -112,21 +112,6 @@ fail:
     return NULL;
 }
 
-/* the call's result: value, or (value, grad); steals both references */
-static PyObject *result(PyObject *value, PyObject *grad)
-{
-    if (!grad)
-        return value;
-    PyObject *pair = PyTuple_Pack(2, value, grad);
-    Py_DECREF(value);
-    Py_DECREF(grad);
-    if (!pair) {
-        PyErr_Clear();
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    return pair;
-}
-
 static PyObject *reduced_value(double total, int dtype)
 {
     PyObject *f = PyFloat_FromDouble(total);
@@ -134,6 +119,29 @@ static PyObject *reduced_value(double total, int dtype)
     PyObject *v = PyObject_CallOneArg(scalars[dtype], f);   /* numpy.float32(total) */
     Py_DECREF(f);
     return v;
+}
+
+/* The end of every call, after its buffers are released: the result -- out (for
+ * "none") or the dtype's scalar of total, with grad when asked for -- if the kernel
+ * ran (ok), else NotImplemented.  Steals out and grad (either may be NULL). */
+static PyObject *finish(int ok, double total, int dtype, PyObject *out, PyObject *grad)
+{
+    PyObject *value = NULL;
+    if (ok)
+        value = out ? out : reduced_value(total, dtype);
+    if (value != out)
+        Py_XDECREF(out);
+    if (value && grad) {
+        PyObject *pair = PyTuple_Pack(2, value, grad);
+        Py_DECREF(value);
+        value = pair;
+    }
+    Py_XDECREF(grad);
+    if (!value) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    return value;
 }
 
 static int argument_count(Py_ssize_t nargs, Py_ssize_t want, const char *fn)
@@ -160,7 +168,9 @@ static PyObject *fc_elementwise(PyObject *self, PyObject *const *args, Py_ssize_
     Py_buffer xv, yv;
     if (contiguous_view(args[2], &xv)) Py_RETURN_NOTIMPLEMENTED;
     if (contiguous_view(args[3], &yv)) { PyBuffer_Release(&xv); Py_RETURN_NOTIMPLEMENTED; }
-    PyObject *value = NULL, *out = NULL, *grad = NULL;
+    PyObject *out = NULL, *grad = NULL;
+    int ok = 0;
+    double total = 0.0;
     const int dtype = float_type(&xv);
     const int64_t n = (int64_t)(xv.len / (xv.itemsize ? xv.itemsize : 1));
     if (dtype < 0 || float_type(&yv) != dtype || xv.ndim != yv.ndim || n == 0 ||
@@ -188,24 +198,12 @@ static PyObject *fc_elementwise(PyObject *self, PyObject *const *args, Py_ssize_
     Py_BEGIN_ALLOW_THREADS
     rc = run_elementwise(loss, dtype, &a);
     Py_END_ALLOW_THREADS
-    if (rc == 0) {
-        if (out) {
-            value = out;
-            out = NULL;
-        } else {
-            value = reduced_value(a.total * scale, dtype);
-        }
-    }
+    ok = rc == 0;
+    total = a.total * scale;
 done:
     PyBuffer_Release(&xv);
     PyBuffer_Release(&yv);
-    Py_XDECREF(out);
-    if (!value) {
-        Py_XDECREF(grad);
-        PyErr_Clear();
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    return result(value, grad);
+    return finish(ok, total, dtype, out, grad);
 }
 
 /* rowwise(loss, mean, input, target, reduction, return_grad, ignore_index,
@@ -232,7 +230,9 @@ static PyObject *fc_rowwise(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_buffer xv, tv;
     if (contiguous_view(args[2], &xv)) Py_RETURN_NOTIMPLEMENTED;
     if (contiguous_view(args[3], &tv)) { PyBuffer_Release(&xv); Py_RETURN_NOTIMPLEMENTED; }
-    PyObject *value = NULL, *out = NULL, *grad = NULL;
+    PyObject *out = NULL, *grad = NULL;
+    int ok = 0;
+    double total = 0.0;
     const int dtype = float_type(&xv), labels = label_type(&tv);
     if (dtype < 0 || labels < 0 || xv.ndim != 2 || tv.ndim != 1 || xv.shape[0] < 1 ||
         xv.shape[1] < 1 || tv.shape[0] != xv.shape[0])
@@ -269,24 +269,12 @@ static PyObject *fc_rowwise(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_BEGIN_ALLOW_THREADS
     rc = run_rowwise(loss, dtype, &a);
     Py_END_ALLOW_THREADS
-    if (rc == 0 && a.bad < 0) {   /* a bad label: the Python path names it */
-        if (out) {
-            value = out;
-            out = NULL;
-        } else {
-            value = reduced_value(a.total * scale, dtype);
-        }
-    }
+    ok = rc == 0 && a.bad < 0;   /* a bad label: the Python path names it */
+    total = a.total * scale;
 done:
     PyBuffer_Release(&xv);
     PyBuffer_Release(&tv);
-    Py_XDECREF(out);
-    if (!value) {
-        Py_XDECREF(grad);
-        PyErr_Clear();
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    return result(value, grad);
+    return finish(ok, total, dtype, out, grad);
 }
 
 static void *address(PyObject *number)
