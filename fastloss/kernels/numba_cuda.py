@@ -157,14 +157,21 @@ def _scalar_math():
     return _built.get("scalar", build)
 
 
+def kernel_set(name: str, *args):
+    """The kernels of set ``name`` built for ``args`` (see ``_KERNEL_SETS`` at the end),
+    compiled lazily once.  Every kernel this backend launches comes from here, under
+    a key that rebuilds it, so that the CUDA compile check (``fastloss._cuda_check``)
+    can rebuild each set a call launched and compile it for a real GPU."""
+    return _built.get((name, *args), lambda: _KERNEL_SETS[name](*args))
+
+
 def _get(loss: str):
     """(kernel, finish_sum, first_bad), compiled lazily once."""
-    return _built.get(loss, lambda: (_elementwise_kernel(_scalar_math()[loss]),)
-                      + _shared_kernels())
+    return (kernel_set("elementwise", loss),) + _shared_kernels()
 
 
 def _shared_kernels():
-    return _built.get("shared", _build_shared)
+    return kernel_set("shared")
 
 
 def _as_device(array):
@@ -593,7 +600,7 @@ def _build_row_shared():
 
 
 def _row_shared():
-    return _built.get("row_shared", _build_row_shared)
+    return kernel_set("row_shared")
 
 
 def rowwise(call):
@@ -605,7 +612,7 @@ def rowwise(call):
     n, C, S = int(call.n), int(call.classes), int(call.inner)
     rows = n * S
     per_block = S == 1 and C > ROW_BLOCK_MIN_C
-    kernel = _built.get(("rowwise", loss, per_block), lambda: _rowwise_kernel(loss, per_block))
+    kernel = kernel_set("rowwise", loss, per_block)
     finish_sum, _ = _shared_kernels()
     weight_sum, _ = _row_shared()
     x = _as_device(call.input)
@@ -853,7 +860,7 @@ def overlap(call, finish):
     n, C, S, act = om.check_call(call, dtype, x.size)
     t8, t32, t64, tf, tsrc, labels = _overlap_targets(call, dtype, n * S, n * C * S)
     threads, most, vpj, _ = _overlap_geometry()
-    stats_kernel, fold_kernel, grad_kernel = _built.get("overlap", _build_overlap)
+    stats_kernel, fold_kernel, grad_kernel = kernel_set("overlap")
     args = (x, t8, t32, t64, tf, bool(labels), int(tsrc), n, C, S, int(act), bool(call.squared),
             int(call.ignore_index), int(call.label_base))
     stats = np.zeros((n, C, 3), np.float64)
@@ -960,7 +967,7 @@ def _flat_device(array):
 def boxes(call):
     from . import _boxmath
 
-    kernel = _built.get("boxes", _build_box_kernel)
+    kernel = kernel_set("boxes")
     finish_sum, _ = _shared_kernels()
     b1, b2 = _flat_device(call.boxes1), _flat_device(call.boxes2)
     n = call.n
@@ -1406,14 +1413,11 @@ def _build_pair_rows():
 
 
 def _pair_rows_kernels():
-    return _built.get("pair_rows", _build_pair_rows)
+    return kernel_set("pair_rows")
 
 
 def _pair_tile_kernels(dtype):
-    from numba import float32
-    dtype = np.dtype(dtype)
-    return _built.get(("pair_tiles", dtype.name), lambda: _build_pair_tiles(
-        float32 if dtype == np.float32 else float64))
+    return kernel_set("pair_tiles", np.dtype(dtype).name)
 
 
 def _pair_device(name, x, ndim=2):
@@ -1781,3 +1785,22 @@ def pair_rows_grad(x, i, j, coef, metric):
         x, d_pi, d_pj, np.int64(K), fac, cuda.to_device(rowptr),
         cuda.to_device(order if K else one), np.int64(code), grad)
     return grad
+
+
+def _pair_tiles_of(dtype_name: str):
+    from numba import float32
+    return _build_pair_tiles(float32 if dtype_name == "float32" else float64)
+
+
+#: the kernel sets: name -> the function that builds the set from kernel_set's
+#: further arguments (a kernel, a tuple or a dict of kernels, each its own name)
+_KERNEL_SETS = {
+    "shared": _build_shared,                                          # ()
+    "elementwise": lambda loss: _elementwise_kernel(_scalar_math()[loss]),  # (loss,)
+    "row_shared": _build_row_shared,                                  # ()
+    "rowwise": _rowwise_kernel,                                       # (loss, per_block)
+    "overlap": _build_overlap,                                        # ()
+    "boxes": _build_box_kernel,                                       # ()
+    "pair_rows": _build_pair_rows,                                    # ()
+    "pair_tiles": _pair_tiles_of,                                     # (dtype name,)
+}
