@@ -1122,6 +1122,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="print the ok lines too")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("cuda-check", add_help=False,
+                       help="compile every recorded CUDA kernel launch to PTX and cubin for "
+                            "sm_80 and sm_90, no GPU needed (--help: its options)")
+
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["cuda-check"]:       # its own parser (its --help too)
+        from . import _cuda_check
+        return _cuda_check.main(given[1:])
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)    # the report names its command
     if not getattr(args, "small", False):

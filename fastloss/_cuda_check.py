@@ -35,13 +35,13 @@ import tempfile
 import time
 from typing import Any, Iterator
 
-__all__ = ["record_launches", "write_launches", "main"]
+__all__ = ["record_launches", "recorded", "write_launches", "check", "main"]
 
 # ---------------------------------------------------------------------------
 # step 1: the recorder (simulator only)
 
-_recorded: set[tuple] = set()
-_unknown: set[str] = set()
+_recorded: set[tuple] = set()      # (set key, kernel name, argument types), as JSON
+_unknown: set[str] = set()         # kernels launched outside numba_cuda.kernel_set
 _record_folder: str | None = None
 
 
@@ -67,26 +67,42 @@ def _kernel_names() -> dict[Any, tuple[tuple, str]]:
     return names
 
 
-def _type_of(arg) -> list:
-    """A launch argument's Numba type, as the real launch types it: a device array
-    of the same dtype, dimensions and layout (never read-only), or a scalar."""
-    import numba
+def _type_desc(ty) -> list:
+    """A kernel argument's Numba type as JSON: a device array by its dtype,
+    dimensions and layout (never read-only, as device arrays are), or a scalar."""
     from numba import types
-    ty = numba.typeof(arg)
     if isinstance(ty, types.Array):
         return ["array", str(ty.dtype), ty.ndim, ty.layout]
     return ["scalar", str(ty)]
 
 
-def record_launches(folder: str) -> None:
-    """Record every kernel launch of this process (under the simulator) for the
-    compile check; :func:`write_launches` writes them into ``folder``."""
-    global _record_folder
-    from numba import config
-    if not config.ENABLE_CUDASIM:
-        raise RuntimeError("record_launches: only under NUMBA_ENABLE_CUDASIM=1")
+def _type_of(arg) -> list:
+    """A launch argument's type, as the real launch types it."""
+    import numba
+    return _type_desc(numba.typeof(arg))
+
+
+def _record_compiled_overloads() -> None:
+    """On a real GPU: the signatures each built kernel was compiled for (its
+    dispatcher's overloads) are the launches of this process."""
+    for fn, (key, name) in _kernel_names().items():
+        kernel = dict(_members(_kernel_set_of(key)))[name]
+        for argtypes in kernel.overloads:
+            _recorded.add((json.dumps(key), name,
+                           json.dumps([_type_desc(t) for t in argtypes])))
+
+
+def _kernel_set_of(key: tuple):
+    from .kernels import numba_cuda
+    return numba_cuda.kernel_set(*key)
+
+
+def _install_recorder() -> None:
+    """Wrap the simulator's kernel launch so that each launch adds its signature
+    to ``_recorded`` (once per process)."""
+    if not _simulated():
+        raise RuntimeError("the launch recorder runs only under NUMBA_ENABLE_CUDASIM=1")
     from numba.cuda.simulator import kernel as simulated
-    _record_folder = folder
     launch = simulated.FakeCUDAKernel.__call__
     if getattr(launch, "_fastloss_recorder", False):
         return
@@ -107,19 +123,35 @@ def record_launches(folder: str) -> None:
         return launch(self, *args)
 
     recording_call._fastloss_recorder = True  # type: ignore[attr-defined]
-    simulated.FakeCUDAKernel.__call__ = recording_call
+    setattr(simulated.FakeCUDAKernel, "__call__", recording_call)
+
+
+def record_launches(folder: str) -> None:
+    """Record every kernel launch of this process (under the simulator) for the
+    compile check; :func:`write_launches` writes them into ``folder``."""
+    global _record_folder
+    if _simulated():
+        _install_recorder()
+    # (on a real GPU, write_launches reads the kernels' compiled overloads instead)
+    _record_folder = folder
+
+
+def recorded() -> list[dict]:
+    """The signatures recorded so far in this process."""
+    return [{"set": json.loads(k), "kernel": n, "args": json.loads(a)}
+            for k, n, a in sorted(_recorded)]
 
 
 def write_launches() -> str | None:
     """Write what this process recorded (``launches-<pid>.json``); its path."""
     if _record_folder is None:
         return None
+    if not _simulated() and "fastloss.kernels.numba_cuda" in sys.modules:
+        _record_compiled_overloads()
     os.makedirs(_record_folder, exist_ok=True)
     path = os.path.join(_record_folder, f"launches-{os.getpid()}.json")
-    rows = [{"set": json.loads(k), "kernel": n, "args": json.loads(a)}
-            for k, n, a in sorted(_recorded)]
     with open(path, "w") as f:
-        json.dump({"launches": rows, "outside_kernel_sets": sorted(_unknown)}, f)
+        json.dump({"launches": recorded(), "outside_kernel_sets": sorted(_unknown)}, f)
     return path
 
 
@@ -147,21 +179,43 @@ _F32_OP = re.compile(r"^\s*(?:@%p\d+\s+)?(add|sub|mul|fma|mad|div|rcp|sqrt|rsqrt
                      r"min|max|setp|selp|ex2|lg2|copysign|testp)[.\w]*\.f32\b", re.M)
 
 
+def _simulated() -> bool:
+    from numba import config
+    return bool(getattr(config, "ENABLE_CUDASIM"))
+
+
+def _nvidia_roots() -> list[str]:
+    """The folders of the ``nvidia`` namespace package (the CUDA wheels)."""
+    import importlib
+    try:
+        return list(importlib.import_module("nvidia").__path__)
+    except ImportError:
+        return []
+
+
 def ptxas_path() -> str:
     """ptxas from the nvidia-cuda-nvcc wheel (or the PATH)."""
-    try:
-        import nvidia
-        for root in nvidia.__path__:
+    for root in _nvidia_roots():
             for found in glob.glob(os.path.join(root, "*", "bin", "ptxas")) + glob.glob(
                     os.path.join(root, "cuda_nvcc", "bin", "ptxas")):
                 return found
-    except ImportError:
-        pass
-    found = shutil.which("ptxas")
-    if found is None:
+    on_path = shutil.which("ptxas")
+    if on_path is None:
         raise FileNotFoundError("ptxas not found: pip install -e '.[cuda-check]' "
                                 "(nvidia-cuda-nvcc) or put the CUDA toolkit's bin on PATH")
-    return found
+    return on_path
+
+
+def toolchain_missing() -> str | None:
+    """Why the compile step cannot run here (no libNVVM or no ptxas), or None."""
+    try:
+        ptxas_path()
+    except FileNotFoundError as exc:
+        return str(exc)
+    if not any(glob.glob(os.path.join(r, "*", "lib", "libnvvm.so*")) for r in _nvidia_roots()) \
+            and not os.environ.get("CUDA_HOME"):
+        return "libNVVM not found: pip install -e '.[cuda-check]' (nvidia-nvvm)"
+    return None
 
 
 def _numba_type(desc: list):
@@ -186,8 +240,7 @@ def _ptxas_info(text: str) -> dict[str, int]:
 
 def _compile_all(launches: list[dict], cc: tuple[int, int], ptxas: str) -> list[dict]:
     """Compile and assemble every recorded signature for ``cc``; one row each."""
-    from numba import config
-    if config.ENABLE_CUDASIM:
+    if _simulated():
         raise RuntimeError("the compile step needs NUMBA_ENABLE_CUDASIM=0")
     from numba import cuda
     from numba.cuda import dispatcher
@@ -288,6 +341,10 @@ def check(folder: str, ccs: list[str], report: str | None, json_out: str | None,
     if missing_sets:
         problems.append(f"kernel sets no test launched: {missing_sets}")
 
+    missing = toolchain_missing()
+    if missing:
+        print("FAIL:", missing, file=sys.stderr)
+        return 1
     ptxas = ptxas_path()
     # one process per (cc, share of the signatures), in parallel: a fresh Numba per
     # target (device functions are compiled once per process, for one target)

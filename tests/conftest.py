@@ -18,15 +18,16 @@ SIMULATED = os.environ["NUMBA_ENABLE_CUDASIM"] == "1"
 
 # The CUDA compile check's signatures: every simulated kernel launch of the run,
 # recorded (fastloss/_cuda_check.py; .ci/run sets the folder).
+# On a real GPU (bench/gpu_check.sh) the kernels' compiled signatures are recorded.
 _LAUNCH_FOLDER = os.environ.get("FASTLOSS_RECORD_CUDA_LAUNCHES")
-if _LAUNCH_FOLDER and SIMULATED:
+if _LAUNCH_FOLDER:
     from fastloss import _cuda_check
 
     _cuda_check.record_launches(_LAUNCH_FOLDER)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _LAUNCH_FOLDER and SIMULATED:
+    if _LAUNCH_FOLDER:
         _cuda_check.write_launches()
 
 #: one tolerance table for every comparison with the float64 reference

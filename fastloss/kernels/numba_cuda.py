@@ -13,6 +13,8 @@ with small grids (one Python thread per CUDA thread).
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 # Imported at module level (this module loads only when the backend is first
 # used): the simulator swaps the module-global ``cuda`` inside kernels.
@@ -1079,6 +1081,9 @@ def _build_pair_tiles(dt):
     lse_merge, lse_finish, better = pm["lse_merge"], pm["lse_finish"], pm["better"]
     threads, TR, TC, _, DK = _pair_geometry()
     EPT = (TR * TC) // threads      # tile entries per thread
+    # (a shared array's shape must be a compile-time constant: DK + 1 written in the
+    # kernel is a run-time int64 there, which the simulator accepts and NVVM does not)
+    DK_PADDED = DK + 1
     COSINE = _pairmath.COSINE
     NINF = _pairmath.NINF
 
@@ -1107,7 +1112,7 @@ def _build_pair_tiles(dt):
         staged through shared memory DK widths at a time (coalesced loads), thread tid
         owning the entries tid + k * threads of the tile, their sums in registers."""
         As = cuda.shared.array((TR, DK), dt)
-        Bs = cuda.shared.array((TC, DK + 1), dt)     # padded: no bank conflicts
+        Bs = cuda.shared.array((TC, DK_PADDED), dt)  # padded: no bank conflicts
         acc = cuda.local.array(EPT, dt)
         D = a.shape[1]
         for k in range(EPT):
@@ -1794,7 +1799,7 @@ def _pair_tiles_of(dtype_name: str):
 
 #: the kernel sets: name -> the function that builds the set from kernel_set's
 #: further arguments (a kernel, a tuple or a dict of kernels, each its own name)
-_KERNEL_SETS = {
+_KERNEL_SETS: dict[str, Callable[..., Any]] = {
     "shared": _build_shared,                                          # ()
     "elementwise": lambda loss: _elementwise_kernel(_scalar_math()[loss]),  # (loss,)
     "row_shared": _build_row_shared,                                  # ()
