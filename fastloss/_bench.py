@@ -1131,7 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import _cuda_check
         return _cuda_check.main(given[1:])
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)    # the report names its command
+    args.argv = given    # the report names its command
     if not getattr(args, "small", False):
         quiet_openmp()             # before any numba/torch import (see its docstring)
     return args.func(args)

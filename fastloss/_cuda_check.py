@@ -56,15 +56,18 @@ def _members(kernels) -> Iterator[tuple[str, Any]]:
         yield kernels.py_func.__name__, kernels
 
 
-def _kernel_names() -> dict[Any, tuple[tuple, str]]:
-    """py_func -> (set key, kernel name) over the kernel sets built so far."""
+def _built_kernels() -> Iterator[tuple[tuple, str, Any]]:
+    """(set key, kernel name, kernel) over the kernel sets built so far."""
     from .kernels import numba_cuda
-    names = {}
     for key, kernels in list(numba_cuda._built._items.items()):
         if isinstance(key, tuple) and key[0] in numba_cuda._KERNEL_SETS:
             for name, kernel in _members(kernels):
-                names[kernel.py_func] = key, name
-    return names
+                yield key, name, kernel
+
+
+def _kernel_names() -> dict[Any, tuple[tuple, str]]:
+    """py_func -> (set key, kernel name) over the kernel sets built so far."""
+    return {kernel.py_func: (key, name) for key, name, kernel in _built_kernels()}
 
 
 def _type_desc(ty) -> list:
@@ -85,16 +88,10 @@ def _type_of(arg) -> list:
 def _record_compiled_overloads() -> None:
     """On a real GPU: the signatures each built kernel was compiled for (its
     dispatcher's overloads) are the launches of this process."""
-    for fn, (key, name) in _kernel_names().items():
-        kernel = dict(_members(_kernel_set_of(key)))[name]
+    for key, name, kernel in _built_kernels():
         for argtypes in kernel.overloads:
             _recorded.add((json.dumps(key), name,
                            json.dumps([_type_desc(t) for t in argtypes])))
-
-
-def _kernel_set_of(key: tuple):
-    from .kernels import numba_cuda
-    return numba_cuda.kernel_set(*key)
 
 
 def _install_recorder() -> None:
@@ -300,11 +297,10 @@ def _describe(args: list) -> str:
         if a[0] == "array":
             return f"{a[1]}[{','.join(':' * a[2])}{'' if a[3] == 'C' else a[3]}]"
         return a[1]
-    text = ", ".join(one(a) for a in args)
-    return text
+    return ", ".join(one(a) for a in args)
 
 
-def _table(rows: list[dict], ccs: list[str]) -> str:
+def _table(rows: list[dict]) -> str:
     """The Markdown table: one line per kernel and cc, the worst over its signatures."""
     by: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -387,7 +383,7 @@ def check(folder: str, ccs: list[str], report: str | None, json_out: str | None,
 
     text = (f"{len(launches)} recorded signatures ({len(recorded)} kernel sets) x "
             f"{len(ccs)} targets: {len(rows) - len(failed)} compiled and assembled, "
-            f"{len(failed)} failed\n\n" + _table(rows, ccs) + "\n")
+            f"{len(failed)} failed\n\n" + _table(rows) + "\n")
     print(text)
     if report:
         with open(report, "w") as f:
