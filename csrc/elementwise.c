@@ -234,8 +234,31 @@ static const math_f32_fn math_f32[FL_NISA] = FL_PATHS(math_f32);
 static const math_f64_fn math_f64[FL_NISA] = FL_PATHS(math_f64);
 
 /* ---- the driver: one unit [lo, hi), the same whatever thread runs it -------- */
+/* Elements [off, off + m) of a periodic operand (index i % period) into buf. */
+#define EW_PERIODIC(T, S)                                                                  \
+    static const T *periodic_##S(T *restrict buf, const T *restrict src, int64_t period,  \
+                                 int64_t off, int m)                                       \
+    {                                                                                      \
+        int64_t j = off % period;                                                          \
+        for (int i = 0; i < m; i++) {                                                      \
+            buf[i] = src[j];                                                               \
+            if (++j == period)                                                             \
+                j = 0;                                                                     \
+        }                                                                                  \
+        return buf;                                                                        \
+    }
+EW_PERIODIC(float, f32)
+EW_PERIODIC(double, f64)
+
+/* An operand's sub-block: its own memory, one period read into buf, or buf
+ * itself (no operand: buf holds the default, filled once). */
+#define EW_OPERAND(S, src, period, buf, off, m)                                        \
+    (!(src) ? (buf) : (period) ? periodic_##S(buf, src, period, off, m) : (src) + (off))
+
 /* No weight: a buffer of ones; no param: a buffer of p0.  Keeps one skeleton
- * (loads from L1 cost nothing next to the streams from memory). */
+ * (loads from L1 cost nothing next to the streams from memory).  A periodic
+ * weight or param is copied into the same buffers a sub-block at a time (a
+ * (C,) weight is never materialised to the input's size). */
 #define EW_UNIT(T, S)                                                                     \
     static double ew_unit_##S(const fl_ew_args *A, ew_blk_##S blk, lanes_##S##_fn lanes,  \
                               int64_t lo, int64_t hi)                                     \
@@ -251,8 +274,8 @@ static const math_f64_fn math_f64[FL_NISA] = FL_PATHS(math_f64);
             for (int i = 0; i < fill; i++) pbuf[i] = p0;                                  \
         for (int64_t off = lo; off < hi; off += FL_SUB) {                                 \
             const int m = hi - off < FL_SUB ? (int)(hi - off) : FL_SUB;                   \
-            const T *w = A->weight ? (const T *)A->weight + off : wbuf;                   \
-            const T *a = A->param ? (const T *)A->param + off : pbuf;                     \
+            const T *w = EW_OPERAND(S, (const T *)A->weight, A->weight_period, wbuf, off, m); \
+            const T *a = EW_OPERAND(S, (const T *)A->param, A->param_period, pbuf, off, m);   \
             T *lv = A->out ? (T *)A->out + off : lbuf;                                    \
             T *gv = A->grad ? (T *)A->grad + off : NULL;                                  \
             blk(m, mode, (const T *)A->input + off, (const T *)A->target + off, w, a, p0, \

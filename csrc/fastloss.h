@@ -32,6 +32,9 @@ typedef struct {
     const void *param;     /* per-element parameter a (pos_weight, q), or NULL: a = p0 */
     double p0, p1;         /* scalar parameters; meaning per loss */
     int64_t n;
+    /* 0, or the length L < n of a periodic weight / param: element i reads index
+     * i % L (a broadcast over trailing axes, e.g. a (C,) weight over (N, C)) */
+    int64_t weight_period, param_period;
     void *out;             /* if not NULL: out[i] = w*l (in the dtype) */
     void *grad;            /* if not NULL: grad[i] = grad_scale*w*g */
     double grad_scale;

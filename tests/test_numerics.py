@@ -194,3 +194,70 @@ def test_a_single_weight_is_a_factor_not_an_array(backend):
     finally:
         tracemalloc.stop()
     assert peak < 8_000_000 + 1_000_000      # the gradient (8 MB) and no weight copy
+
+
+@pytest.mark.parametrize("backend", ["c", "numba"])
+def test_periodic_weight_pos_weight_and_q_are_read_not_materialised(backend):
+    """A weight / pos_weight / q that broadcasts along leading axes ((C,) or (1, C)
+    over (N, C)) is read periodically by the kernels, as on the GPU: the same values
+    and gradients as the materialised operand, for every reduction and dtype, and no
+    operand of the input's size on the host (a (C,) weight over 1e6 float64 elements
+    made an 8 MB copy).  Strided and leading-axis broadcasts ((N, 1)) still work."""
+    import tracemalloc
+    if not fl.backends()[backend].available:
+        pytest.skip(fl.backends()[backend].reason)
+    rng = np.random.default_rng(5)
+    n, c = 333, 12
+    w_full_buffer = rng.random(2 * c) - 0.2
+    cases = [
+        ("mse_loss", {"weight": w_full_buffer[:c]}),
+        ("mse_loss", {"weight": w_full_buffer[::2][None, :]}),          # strided, (1, C)
+        ("l1_loss", {"weight": rng.random((n, 1))}),                     # not periodic
+        ("huber_loss", {"weight": w_full_buffer[:c], "delta": 0.7}),
+        ("quantile_loss", {"q": rng.random(c) * 0.8 + 0.1}),
+        ("quantile_loss", {"q": rng.random(c) * 0.8 + 0.1, "weight": w_full_buffer[:c]}),
+        ("binary_cross_entropy_with_logits", {"pos_weight": rng.random(c) * 3}),
+        ("binary_cross_entropy_with_logits", {"pos_weight": rng.random((1, c)) * 3,
+                                              "weight": w_full_buffer[c:]}),
+        ("sigmoid_focal_loss", {"weight": w_full_buffer[c:]}),
+    ]
+    for dtype in (np.float64, np.float32):
+        x = rng.standard_normal((n, c)).astype(dtype)
+        y = rng.standard_normal((n, c)).astype(dtype)
+        for name, kwargs in cases:
+            yy = (y > 0).astype(dtype) if "binary" in name or "focal" in name else y
+            for reduction in ("mean", "sum", "none"):
+                got = getattr(fl, name)(x, yy, reduction=reduction, return_grad=True,
+                                        backend=backend, **kwargs)
+                full = {k: (np.broadcast_to(v, x.shape).copy()
+                            if k in ("weight", "pos_weight") else v)
+                        for k, v in kwargs.items()}
+                want = getattr(fl, name)(x, yy, reduction=reduction, return_grad=True,
+                                         backend=backend, **full)
+                ref = getattr(fl, name)(x.astype(np.float64), yy.astype(np.float64),
+                                        reduction=reduction, return_grad=True,
+                                        backend="numpy", **kwargs)
+                tol = 1e-12 if dtype == np.float64 else 2e-6
+                for g, w, r in zip(got, want, ref):
+                    assert np.asarray(g).dtype == dtype
+                    np.testing.assert_allclose(g, w, rtol=tol, atol=tol,
+                                               err_msg=f"{name} {kwargs} {reduction}")
+                    np.testing.assert_allclose(g, r, rtol=1e-9 if tol < 1e-9 else 1e-4,
+                                               atol=1e-9 if tol < 1e-9 else 1e-5,
+                                               err_msg=f"{name} {kwargs} {reduction} ref")
+    x, y = rng.standard_normal((100_000, 10)), rng.standard_normal((100_000, 10))
+    w, q, pw = rng.random(10), rng.random(10) * 0.8 + 0.1, rng.random(10)
+    calls = [lambda: fl.mse_loss(x, y, weight=w, return_grad=True, backend=backend),
+             lambda: fl.quantile_loss(x, y, q=q, return_grad=True, backend=backend),
+             lambda: fl.binary_cross_entropy_with_logits(x, (y > 0) * 1.0, pos_weight=pw,
+                                                         return_grad=True, backend=backend)]
+    for call in calls:
+        call()                      # (compiled first)
+        target_copy = 8_000_000 if call is calls[2] else 0   # (y > 0) * 1.0 itself
+        tracemalloc.start()
+        try:
+            call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8_000_000 + target_copy + 1_000_000   # the gradient, no operand copy

@@ -76,7 +76,8 @@ def elementwise_launcher(call, dtype):
     ``dtype`` data: the argument struct is filled once, and
     ``launch(input, target, weight, param, n) -> (value, out, grad)`` copies it,
     sets the pointers and calls C.  Arrays: n elements, any number of dimensions,
-    read flat in C order (a strided one is copied first)."""
+    read flat in C order (a strided one is copied first); a contiguous weight or
+    param may be shorter, a period of length L dividing n (element i reads i % L)."""
     fields = ffi.new("fl_ew_args *")      # (field by field: cffi's dict initialiser is slower)
     fields.p0, fields.p1, fields.grad_scale = call.p0, call.p1, call.grad_scale
     fields.want_total = int(not call.want_out)
@@ -91,10 +92,12 @@ def elementwise_launcher(call, dtype):
         xb, yb = _c_buffer(x), _c_buffer(target)
         args.input, args.target, args.n = xb, yb, n
         wb = pb = ob = gb = out = grad = None
-        if weight is not None:
+        if weight is not None:     # (shorter than n: periodic, read modulo its length)
             args.weight = wb = from_buffer(weight)
+            args.weight_period = weight.size if weight.size != n else 0
         if param is not None:
             args.param = pb = from_buffer(param)
+            args.param_period = param.size if param.size != n else 0
         if want_out:
             out = np.empty(n, dtype)
             args.out = ob = from_buffer(out)

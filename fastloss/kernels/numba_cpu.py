@@ -65,20 +65,25 @@ def _elementwise_kernel(fn, parallel, want_grad, has_a):
     block, never on the threads."""
     import numba
 
+    _operand = _built.get("periodic_operand", _periodic_operand)
+
     # The block's loops live in a function of their own: compiled outside the
     # parfor machinery, they see want_grad / has_a as constants and vectorise
     # (inside a prange body the same loops stay scalar).
     @numba.njit(nogil=True, error_model="numpy")
-    def block(x, y, w, a, has_w, p0, p1, out, grad, want_out, grad_scale, start, stop):
+    def block(x, y, w, a, has_w, w_period, a_period, p0, p1, out, grad, want_out, grad_scale,
+              start, stop):
         vbuf = np.empty(CHUNK, np.float64)
         gbuf = np.empty(CHUNK, np.float64)
+        wbuf = np.empty(CHUNK if w_period else 0, w.dtype)
+        abuf = np.empty(CHUNK if a_period else 0, a.dtype)
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
         for c0 in range(start, stop, CHUNK):
             m = min(CHUNK, stop - c0)
             xc = x[c0:c0 + m]
             yc = y[c0:c0 + m]
             if has_a:
-                ac = a[c0:c0 + m]
+                ac = _operand(a, a_period, abuf, c0, m)
                 for j in range(m):
                     value, deriv = fn(np.float64(xc[j]), np.float64(yc[j]),
                                       np.float64(ac[j]), p0, p1)
@@ -92,7 +97,7 @@ def _elementwise_kernel(fn, parallel, want_grad, has_a):
                     if want_grad:
                         gbuf[j] = deriv
             if has_w:
-                wc = w[c0:c0 + m]
+                wc = _operand(w, w_period, wbuf, c0, m)
                 for j in range(m):
                     vbuf[j] *= np.float64(wc[j])
                 if want_grad:
@@ -121,14 +126,34 @@ def _elementwise_kernel(fn, parallel, want_grad, has_a):
         return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
     @numba.njit(parallel=parallel, nogil=True)
-    def kernel(x, y, w, a, has_w, p0, p1, out, grad, want_out, grad_scale, partials):
+    def kernel(x, y, w, a, has_w, w_period, a_period, p0, p1, out, grad, want_out, grad_scale,
+               partials):
         n = x.size
         for b in numba.prange(partials.size):
             start = b * BLOCK
-            partials[b] = block(x, y, w, a, has_w, p0, p1, out, grad, want_out, grad_scale,
-                                start, min(start + BLOCK, n))
+            partials[b] = block(x, y, w, a, has_w, w_period, a_period, p0, p1, out, grad,
+                                want_out, grad_scale, start, min(start + BLOCK, n))
     kernel.block = block   # for inspection: block.inspect_asm(...) shows the vector code
     return kernel
+
+
+def _periodic_operand():
+    import numba
+
+    @numba.njit(nogil=True, inline="always")
+    def operand(src, period, buf, c0, m):
+        """Elements [c0, c0 + m) of an operand: its own memory, or for a periodic one
+        (element i at i % period, a (C,) weight over (N, C)) one chunk copied into buf."""
+        if period == 0:
+            return src[c0:c0 + m]
+        j = c0 % period
+        for i in range(m):
+            buf[i] = src[j]
+            j += 1
+            if j == period:
+                j = 0
+        return buf[:m]
+    return operand
 
 
 def _scalar_math():
@@ -142,6 +167,11 @@ def _scalar_math():
 def _kernel(loss: str, parallel: bool, want_grad: bool, has_a: bool):
     return _built.get((loss, parallel, want_grad, has_a), lambda: _elementwise_kernel(
         _scalar_math()[loss], parallel, want_grad, has_a))
+
+
+def _period(operand, n: int) -> int:
+    """0 for an operand of n elements (or none), else its length: read periodically."""
+    return 0 if operand is None or operand.size == n else operand.size
 
 
 def _apply_thread_count():
@@ -165,10 +195,9 @@ def elementwise(call):
     if parallel:
         _apply_thread_count()
         _threads_started = True
-    kernel(x, call.target,
-           call.weight if call.weight is not None else dummy,
-           call.param if call.param is not None else dummy,
-           call.weight is not None, call.p0, call.p1,
+    w, a = call.weight, call.param
+    kernel(x, call.target, w if w is not None else dummy, a if a is not None else dummy,
+           w is not None, _period(w, n), _period(a, n), call.p0, call.p1,
            out, grad, call.want_out, call.grad_scale, partials)
     total = float(partials.sum())
     return (total * call.total_scale, out if call.want_out else None,

@@ -41,11 +41,25 @@ ELEMENTWISE_LOSSES = {r.name: r.kernel for r in records("elementwise")}
 MEAN_BY_WEIGHT_SUM = frozenset(r.name for r in records("elementwise") if r.mean_by_weight_sum)
 
 
-def _host_layout(meta: ArrayMeta, shape, dtype):
+def _trailing_period(meta: ArrayMeta, shape) -> tuple | None:
+    """The shape of one period of ``meta`` over ``shape`` when it broadcasts along
+    leading axes only (a (C,) or (1, C) weight over (N, C)), else None."""
+    trailing = tuple(meta.shape)
+    while trailing and trailing[0] == 1:
+        trailing = trailing[1:]
+    return trailing if tuple(shape[len(shape) - len(trailing):]) == trailing else None
+
+
+def _host_layout(meta: ArrayMeta, shape, dtype, *, periodic: bool = False):
     """A flat, contiguous host array of ``dtype`` holding ``meta`` broadcast to ``shape``.
-    No copy when it already is one; never a view the kernel could write through."""
+    No copy when it already is one; never a view the kernel could write through.
+    ``periodic`` operands (weight, param) that broadcast along leading axes only
+    stay one period long: the kernels read element i at i % len (as on the GPU)."""
     array = meta.array
     if array.shape != tuple(shape):
+        period = _trailing_period(meta, shape) if periodic else None
+        if period is not None:
+            return np.ascontiguousarray(np.reshape(array, period), dtype=dtype).reshape(-1)
         array = np.broadcast_to(array, shape)
     return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
 
@@ -58,10 +72,7 @@ def _gpu_layout(meta: ArrayMeta, shape, name, *, periodic: bool):
                          f"(shape {meta.shape}); make a contiguous copy on the device first")
     shape = tuple(shape)
     if meta.shape != shape:
-        trailing = tuple(meta.shape)
-        while trailing and trailing[0] == 1:
-            trailing = trailing[1:]
-        if not periodic or shape[len(shape) - len(trailing):] != trailing:
+        if not periodic or _trailing_period(meta, shape) is None:
             raise ValueError(f"{name}: on the GPU, shape {meta.shape} must equal the input "
                              f"shape {shape} or cover its trailing axes")
     return meta.array
@@ -193,7 +204,8 @@ def _run(loss: _Loss, input, target, *, weight, reduction, return_grad, backend,
             # an array of the input's size (a (1,) weight on 5M float64 was 40 MB)
             uniform = float(dtype.type(np.asarray(w_meta.array).reshape(-1)[0]))
             metas = {k: m for k, m in metas.items() if k != "weight"}
-        arrays = {k: _host_layout(m, shape, dtype) for k, m in metas.items()}
+        arrays = {k: _host_layout(m, shape, dtype, periodic=k not in ("input", "target"))
+                  for k, m in metas.items()}
     return _launch(loss, module, arrays, param_name, shape, dtype, x.on_gpu, p0, p1, reduction,
                    return_grad, uniform)
 
@@ -211,7 +223,7 @@ def _launch(loss, module, arrays, param_name, shape, dtype, on_gpu, p0, p1, redu
             denom = uniform_weight * n
         elif loss.mean_by_weight_sum and w is not None:
             weight_sum = module.sum_float64 if on_gpu else _host_sum
-            # a periodic GPU weight repeats n // w.size times
+            # a periodic weight (shorter than n) repeats n // w.size times
             denom = weight_sum(w) * (n // w.size) if w.size else 0.0
         else:
             denom = float(n)
